@@ -1,0 +1,150 @@
+"""PyTorch reference twins of every kernel: the test oracle and the CPU path.
+
+Two strategies implement the same cost operator (see :class:`cma_kernels.cost.CostOperator`):
+
+* :class:`TensorizedCost` materialises the (N, M) cost matrix once, memory O(N·M);
+* :class:`ChunkedCost` recomputes the cost block by block with an online log-sum-exp,
+  memory O((N + M)·block), the CPU analogue of the fused Triton kernels.
+
+All arithmetic happens in the dtype of the (already upcast) inputs: float32, or float64 for
+gradient checks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cost import CentroidStats, CostOperator
+
+#: Below this many cost entries the ``auto`` strategy materialises the cost matrix.
+TENSORIZED_MAX_ELEMENTS = 1 << 22
+#: Cost entries held at once by one block of the chunked strategy.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def sqdist(
+    x: Tensor, y: Tensor, x_shift: Tensor | None = None, y_shift: Tensor | None = None
+) -> Tensor:
+    """C_ij = ‖(x_i − x_shift) − (y_j − y_shift)‖², via ‖x‖² + ‖y‖² − 2⟨x, y⟩, clamped at 0."""
+    if x_shift is not None:
+        x = x - x_shift
+    if y_shift is not None:
+        y = y - y_shift
+    return _sqdist(x, y)
+
+
+def _sqdist(x: Tensor, y: Tensor) -> Tensor:
+    xx = (x * x).sum(dim=1, keepdim=True)
+    yy = (y * y).sum(dim=1).unsqueeze(0)
+    return torch.addmm(xx + yy, x, y.T, alpha=-2.0).clamp_min_(0.0)
+
+
+def centroid(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> CentroidStats:
+    """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and the squared centroid gap ‖μ_x − μ_y‖²."""
+    mu_x = a @ x
+    mu_y = b @ y
+    diff = mu_x - mu_y
+    return CentroidStats(mu_x, mu_y, (diff * diff).sum())
+
+
+def _bounding_diameter(x: Tensor, y: Tensor) -> float:
+    both = torch.cat([x, y])
+    return float((both.amax(0) - both.amin(0)).norm())
+
+
+class TensorizedCost(CostOperator):
+    """Cost operator holding the dense (N, M) matrix C_ij = ‖x_i − (y_j + shift)‖²."""
+
+    def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
+        super().__init__(x, y, shift)
+        self.cost = _sqdist(self.x, self.y_shifted)
+
+    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        return -eps * torch.logsumexp(h.unsqueeze(0) - self.cost / eps, dim=1)
+
+    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        return -eps * torch.logsumexp(h.unsqueeze(1) - self.cost / eps, dim=0)
+
+    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        return torch.softmax(h.unsqueeze(0) - self.cost / eps, dim=1) @ self.y_shifted
+
+    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        return torch.softmax(h.unsqueeze(1) - self.cost / eps, dim=0).T @ self.x
+
+    def diameter(self) -> float:
+        return _bounding_diameter(self.x, self.y_shifted)
+
+
+class ChunkedCost(CostOperator):
+    """Cost operator that never holds more than ``block × (N or M)`` cost entries.
+
+    Each call walks row (or column) blocks, recomputes C for the block from the embeddings
+    and reduces it at once: memory O((N + M)·block) instead of O(N·M).
+    """
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        shift: Tensor | None = None,
+        chunk_elements: int = CHUNK_ELEMENTS,
+    ) -> None:
+        super().__init__(x, y, shift)
+        self.chunk_elements = chunk_elements
+
+    def _blocks(self, length: int, other: int) -> range:
+        step = max(1, self.chunk_elements // max(other, 1))
+        return range(0, length, step)
+
+    def _reduce_rows(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor) -> Tensor:
+        """−ε·LSE over ``cols`` of h_j − C(rows_i, cols_j)/ε, for every row, in blocks."""
+        out = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        starts = self._blocks(rows.shape[0], cols.shape[0])
+        step = starts.step
+        for s in starts:
+            block = _sqdist(rows[s : s + step], cols)
+            block.mul_(-1.0 / eps).add_(h.unsqueeze(0))
+            out[s : s + step] = torch.logsumexp(block, dim=1)
+        return out.mul_(-eps)
+
+    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        return self._reduce_rows(h, eps, self.x, self.y_shifted)
+
+    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        return self._reduce_rows(h, eps, self.y_shifted, self.x)
+
+    def _barycenter(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor) -> Tensor:
+        """Σ over ``cols`` of softmax(h_j − C(rows_i, cols_j)/ε)·cols_j, in row blocks."""
+        out = torch.empty(rows.shape[0], cols.shape[1], dtype=rows.dtype, device=rows.device)
+        starts = self._blocks(rows.shape[0], cols.shape[0])
+        step = starts.step
+        for s in starts:
+            block = _sqdist(rows[s : s + step], cols)
+            block.mul_(-1.0 / eps).add_(h.unsqueeze(0))
+            out[s : s + step] = torch.softmax(block, dim=1) @ cols
+        return out
+
+    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        return self._barycenter(h, eps, self.x, self.y_shifted)
+
+    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        return self._barycenter(h, eps, self.y_shifted, self.x)
+
+    def diameter(self) -> float:
+        return _bounding_diameter(self.x, self.y_shifted)
+
+
+STRATEGIES = ("auto", "tensorized", "chunked")
+
+
+def make_cost(
+    x: Tensor, y: Tensor, shift: Tensor | None = None, strategy: str = "auto"
+) -> CostOperator:
+    """The reference cost operator: tensorized for small problems, chunked for large ones."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "auto":
+        small = x.shape[0] * y.shape[0] <= TENSORIZED_MAX_ELEMENTS
+        strategy = "tensorized" if small else "chunked"
+    return TensorizedCost(x, y, shift) if strategy == "tensorized" else ChunkedCost(x, y, shift)
