@@ -10,11 +10,22 @@ centroid and Sinkhorn terms see the global batch.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from open_clip.loss import ClipLoss, gather_features
 from torch import Tensor, nn
 
 from cma_kernels import gap_terms
+
+
+class LossTerms(NamedTuple):
+    """Unweighted parts of one batch's objective."""
+
+    contrastive: Tensor  # L_CLIP
+    align: Tensor  # L_align = λ_C·centroid_sq + λ_D·distribution_sq
+    centroid_sq: Tensor  # ‖μ_x − μ_y‖²
+    distribution_sq: Tensor  # S_ε(x − μ_x, y − μ_y)
 
 
 class CMALoss(nn.Module):
@@ -68,8 +79,11 @@ class CMALoss(nn.Module):
         )
         self.last_terms: dict[str, float] = {}
 
-    def alignment(self, image_features: Tensor, text_features: Tensor) -> tuple[Tensor, dict]:
-        """L_align on the (globally gathered) batch and its unweighted parts."""
+    def terms(
+        self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor
+    ) -> LossTerms:
+        """L_CLIP and the unweighted L_align (on the globally gathered batch under DDP)."""
+        contrastive = self.clip(image_features, text_features, logit_scale)
         if self.world_size > 1:
             image_features, text_features = gather_features(
                 image_features,
@@ -78,15 +92,24 @@ class CMALoss(nn.Module):
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        terms = gap_terms(image_features, text_features, **self.solver)
-        align = (
-            self.lambda_centroid * terms.centroid + self.lambda_distribution * terms.distribution
-        )
-        parts = {
-            "centroid_gap_sq": float(terms.centroid.detach()),
-            "distribution_gap_sq": float(terms.distribution.detach()),
+        gaps = gap_terms(image_features, text_features, **self.solver)
+        align = self.lambda_centroid * gaps.centroid + self.lambda_distribution * gaps.distribution
+        return LossTerms(contrastive, align.to(contrastive.dtype), gaps.centroid, gaps.distribution)
+
+    def combine(self, terms: LossTerms, weight: float | None = None) -> dict[str, Tensor]:
+        """The output dict for ``terms`` with β = ``weight`` (default ``self.weight``)."""
+        beta = self.weight if weight is None else float(weight)
+        weighted = beta * terms.align
+        self.last_terms = {
+            "align": float(terms.align.detach()),
+            "weight": beta,
+            "centroid_gap_sq": float(terms.centroid_sq.detach()),
+            "distribution_gap_sq": float(terms.distribution_sq.detach()),
         }
-        return align, parts
+        out = {"contrastive_loss": terms.contrastive, "alignment_loss": weighted}
+        if self.with_total:
+            out["total"] = terms.contrastive + weighted
+        return out
 
     def forward(
         self,
@@ -98,17 +121,9 @@ class CMALoss(nn.Module):
         weight: float | None = None,
     ) -> dict[str, Tensor] | Tensor:
         """The loss terms for one batch; ``weight`` overrides β for this call."""
-        beta = self.weight if weight is None else float(weight)
-        contrastive = self.clip(image_features, text_features, logit_scale)
-        align, parts = self.alignment(image_features, text_features)
-        weighted = beta * align.to(contrastive.dtype)
-        total = contrastive + weighted
-        self.last_terms = {"align": float(align.detach()), "weight": beta, **parts}
+        out = self.combine(self.terms(image_features, text_features, logit_scale), weight)
         if not output_dict:
-            return total
-        out = {"contrastive_loss": contrastive, "alignment_loss": weighted}
-        if self.with_total:
-            out["total"] = total
+            return out["contrastive_loss"] + out["alignment_loss"]
         return out
 
 
