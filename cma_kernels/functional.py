@@ -30,8 +30,8 @@ def centroid_stats(
     """μ_x = Σ_i a_i x_i, μ_y = Σ_j b_j y_j and G_C² = ‖μ_x − μ_y‖², differentiable in x, y."""
     x, y = _checks.check_pair(x, y)
     dtype = _checks.compute_dtype(x, y)
-    a = _checks.check_weights("a", a, x.shape[0], x)
-    b = _checks.check_weights("b", b, y.shape[0], x)
+    a = _checks.check_weights("a", a, x.shape[0], x, y)
+    b = _checks.check_weights("b", b, y.shape[0], x, y)
     ops = _backend_ops(resolve_backend(backend, x, y))
     return ops.centroid(x.to(dtype), y.to(dtype), a, b)
 

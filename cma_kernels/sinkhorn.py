@@ -350,8 +350,8 @@ def sinkhorn_divergence(
         raise ValueError(f"max_iter: must be a positive integer, got {max_iter!r}")
     resolved = resolve_backend(backend, x, y)
     dtype = _checks.compute_dtype(x, y)
-    a = _checks.check_weights("a", a, x.shape[0], x)
-    b = _checks.check_weights("b", b, y.shape[0], x)
+    a = _checks.check_weights("a", a, x.shape[0], x, y)
+    b = _checks.check_weights("b", b, y.shape[0], x, y)
     if shift is not None:
         if not isinstance(shift, Tensor) or shift.shape != (x.shape[1],):
             raise ValueError(f"shift: expected a tensor of shape ({x.shape[1]},)")

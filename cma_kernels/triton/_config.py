@@ -1,0 +1,125 @@
+"""Launch configuration shared by the Triton kernels.
+
+Two regimes:
+
+* **GPU** (``TRITON_INTERPRET`` unset): block shapes come from a short ``triton.autotune`` list
+  tuned for Hopper/Ampere and d ≈ 512 embeddings (``CMA_TRITON_AUTOTUNE=0`` pins the first
+  config, useful for quick checks); the feature dimension is walked in ``BLOCK_K`` chunks.
+* **Interpreter** (``TRITON_INTERPRET=1``, CPU tensors): one fixed config with small but
+  GPU-legal blocks (every ``tl.dot`` operand dim ≥ 16, powers of two), because autotuning
+  several configs does not work there and interpreted tiles are slow.
+
+The precision of the ``tl.dot`` products (accumulation is always fp32) follows PyTorch's own
+knob, ``torch.get_float32_matmul_precision()``: ``"highest"`` (PyTorch's default) gives
+``"tf32x3"`` (three TF32 products, ≈ fp32 accuracy at tensor-core speed); ``"high"`` or
+``"medium"`` (e.g. ``torch.backends.cuda.matmul.allow_tf32 = True``, as open_clip's trainer
+sets) give plain ``"tf32"`` (≈ 3× faster). The environment variable ``CMA_TRITON_DOT_PRECISION``
+overrides both: ``ieee`` (exact fp32 FMA, slow), ``tf32x3``, ``tf32``, or — opt-in, ≈ 2× faster
+than tf32 again — ``fp16`` / ``bf16`` (operands rounded to half precision in registers). Rounding
+the operands only perturbs the cost by ~1e-5 on unit-norm embeddings, and the errors average
+out: emulating round-to-nearest tf32 (bf16) operands in S_ε at N = 1024, d = 512, blur = 0.05
+moved the value by 2.6e-5 (2e-4) relative (ci/gpu_bench.py measures the real kernels). The
+interpreter always computes exact fp32 products.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+import triton
+
+#: Rows and columns per tile under the interpreter (small problems, GPU-legal dot shapes).
+INTERPRET_BLOCK = 32
+#: Largest feature chunk under the interpreter (d > 32 then exercises the chunk loop).
+INTERPRET_BLOCK_K = 32
+#: Column splits of the soft-min under the interpreter (tests set 2 to cover the merge).
+INTERPRET_SPLIT = 1
+
+DOT_PRECISIONS = ("ieee", "tf32x3", "tf32", "fp16", "bf16")
+
+LOG2E = 1.4426950408889634  # log2(e)
+LN2 = 0.6931471805599453  # ln(2)
+
+
+def interpreted() -> bool:
+    """True when ``TRITON_INTERPRET=1`` runs the kernels on the CPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def autotune_enabled() -> bool:
+    """Autotuning runs on a GPU unless ``CMA_TRITON_AUTOTUNE=0``."""
+    return os.environ.get("CMA_TRITON_AUTOTUNE", "1") != "0"
+
+
+def dot_precision() -> str:
+    """``input_precision`` of every fp32 ``tl.dot`` (see the module docstring)."""
+    if interpreted():
+        return "ieee"
+    env = os.environ.get("CMA_TRITON_DOT_PRECISION", "").strip().lower()
+    if env:
+        if env not in DOT_PRECISIONS:
+            raise ValueError(
+                f"CMA_TRITON_DOT_PRECISION: expected one of {DOT_PRECISIONS}, got {env!r}"
+            )
+        return env
+    return "tf32x3" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two ≥ n (≥ 1)."""
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+def interpret_block_k(d: int) -> int:
+    """Feature chunk under the interpreter: next power of two of d, in [16, INTERPRET_BLOCK_K]."""
+    return min(INTERPRET_BLOCK_K, max(16, next_pow2(d)))
+
+
+@functools.cache
+def num_sms(device_index: int) -> int:
+    """Streaming multiprocessors of a CUDA device (sizes the column split of the soft-min)."""
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def out_dtype(t: torch.Tensor) -> torch.dtype:
+    """Kernels compute in fp32; results are float64 for float64 inputs, else float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def cfg(num_warps: int, num_stages: int, **blocks: int) -> triton.Config:
+    """A ``triton.Config`` from block sizes given as keywords."""
+    return triton.Config(blocks, num_warps=num_warps, num_stages=num_stages)
+
+
+# GPU configs (tuned for d = 512 fp32 embeddings on H100/H200; all dot dims ≥ 16, powers of 2).
+# Shared memory per stage: (BLOCK_R + BLOCK_C)·BLOCK_K·4 bytes — all below ~100 KB at 3 stages.
+SOFTMIN_CONFIGS = [
+    cfg(8, 3, BLOCK_R=128, BLOCK_C=64, BLOCK_K=32),
+    cfg(8, 2, BLOCK_R=128, BLOCK_C=64, BLOCK_K=64),
+    cfg(4, 3, BLOCK_R=64, BLOCK_C=64, BLOCK_K=64),
+    cfg(4, 3, BLOCK_R=64, BLOCK_C=128, BLOCK_K=32),
+    cfg(8, 3, BLOCK_R=128, BLOCK_C=128, BLOCK_K=32),
+]
+#: Column-split chunks are multiples of this (the largest BLOCK_C above).
+SOFTMIN_SPLIT_ALIGN = 128
+
+# The barycenter keeps a (BLOCK_R, BLOCK_V) fp32 accumulator: the output dimension is tiled.
+BARYCENTER_CONFIGS = [
+    cfg(4, 2, BLOCK_R=64, BLOCK_C=64, BLOCK_K=64, BLOCK_V=128),
+    cfg(8, 2, BLOCK_R=128, BLOCK_C=64, BLOCK_K=32, BLOCK_V=128),
+    cfg(8, 2, BLOCK_R=64, BLOCK_C=64, BLOCK_K=32, BLOCK_V=256),
+    cfg(4, 3, BLOCK_R=128, BLOCK_C=32, BLOCK_K=64, BLOCK_V=64),
+]
+
+SQDIST_CONFIGS = [
+    cfg(8, 3, BLOCK_N=128, BLOCK_M=128, BLOCK_K=32),
+    cfg(4, 3, BLOCK_N=64, BLOCK_M=128, BLOCK_K=32),
+    cfg(8, 2, BLOCK_N=128, BLOCK_M=64, BLOCK_K=64),
+]
+
+#: Rows per step and features per program of the one-pass kernels (centroid, row norms).
+ROWS_BLOCK = 64
+FEATURES_BLOCK = 64

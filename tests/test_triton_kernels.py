@@ -1,0 +1,339 @@
+"""Triton kernel primitives against their PyTorch reference twins.
+
+Runs under ``TRITON_INTERPRET=1`` on CPU tensors (tests/conftest.py) and unchanged on CUDA.
+Shapes are deliberately not multiples of the blocks (N=37, M=53, d=24 or 40 against 32-wide
+tiles), so every kernel sees partial row, column and feature tiles, several column tiles (the
+online max/sum rescaling) and, for d = 40, several feature chunks.
+
+Tolerances. The kernels load any float dtype and compute in fp32; fp16/bf16 inputs are compared
+with the float64 reference evaluated on the *same* (exactly upcast) values, so every dtype gets
+the fp32 arithmetic tolerance of ``TOL`` (scaled to the quantity). The loss of the half-precision
+inputs themselves is checked separately against the unrounded fp32 data (``HALF_INPUT_TOL``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+import cma_kernels
+from cma_kernels import reference
+from cma_kernels import triton as tk
+from cma_kernels.triton import _config
+
+pytestmark = pytest.mark.triton
+
+#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu_check.sh).
+DEVICE = "cpu" if _config.interpreted() else "cuda"
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA device", allow_module_level=True)
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+#: (rtol, atol) of Triton vs float64 reference on identical input values, per input dtype.
+TOL = {
+    torch.float32: (1e-5, 2e-5),
+    torch.float16: (1e-5, 2e-5),
+    torch.bfloat16: (1e-5, 2e-5),
+}
+#: Relative error of a squared distance caused by rounding unit-norm inputs to the dtype.
+HALF_INPUT_TOL = {torch.float16: 4e-3, torch.bfloat16: 3e-2}
+#: ε values: blur 0.5 and blur 0.05.
+EPSILONS = [0.25, 0.0025]
+N, M = 37, 53
+
+
+def cloud(
+    n: int, d: int, seed: int, offset: float = 0.0, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """n unit-norm points in R^d (CLIP-like), plus ``offset`` on every coordinate."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64)
+    z = z / z.norm(dim=1, keepdim=True) + offset
+    return z.to(device=DEVICE, dtype=dtype)
+
+
+def weights(n: int, seed: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(n, generator=g, dtype=torch.float64) + 0.1
+    return (w / w.sum()).float().to(DEVICE)
+
+
+def close(actual: Tensor, expected: Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(
+        actual.double(), expected.double(), rtol=rtol, atol=atol * scale, check_dtype=False
+    )
+
+
+@pytest.fixture
+def split2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Split the soft-min's columns over two programs (exercises the chunk merge)."""
+    monkeypatch.setattr(_config, "INTERPRET_SPLIT", 2)
+
+
+# ----------------------------------------------------------------------------- API surface
+
+
+def test_same_primitives_as_reference() -> None:
+    for name in ("sqdist", "centroid", "make_cost"):
+        assert callable(getattr(tk, name))
+    cost = tk.make_cost(cloud(5, 16, 0), cloud(7, 16, 1), None, strategy="chunked")
+    assert isinstance(cost, tk.TritonCost)
+    assert isinstance(cost, cma_kernels.CostOperator)
+
+
+def test_interpreter_blocks_are_gpu_legal() -> None:
+    for d in (1, 7, 24, 40, 512):
+        bk = _config.interpret_block_k(d)
+        assert bk >= 16 and bk & (bk - 1) == 0
+    b = _config.INTERPRET_BLOCK
+    assert b >= 16 and b & (b - 1) == 0
+
+
+# ----------------------------------------------------------------------------- sqdist
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shifts", ["none", "x", "y", "both"])
+def test_sqdist_matches_reference(dtype: torch.dtype, shifts: str) -> None:
+    x, y = cloud(N, 24, 0, dtype=dtype), cloud(M, 24, 1, 0.1, dtype=dtype)
+    xs = cloud(1, 24, 2)[0] * 0.3 if shifts in ("x", "both") else None
+    ys = cloud(1, 24, 3)[0] * 0.3 if shifts in ("y", "both") else None
+    got = tk.sqdist(x, y, xs, ys)
+    assert got.shape == (N, M) and got.dtype == torch.float32
+    want = reference.sqdist(
+        x.double(),
+        y.double(),
+        None if xs is None else xs.double(),
+        None if ys is None else ys.double(),
+    )
+    close(got, want, dtype, scale=4.0)
+    assert bool((got >= 0).all())
+
+
+def test_sqdist_feature_chunks_and_halves_against_fp32_truth() -> None:
+    """d = 40 walks two feature chunks; half inputs lose only their own rounding."""
+    x, y = cloud(N, 40, 4), cloud(M, 40, 5, 0.05)
+    xs = torch.full((40,), 0.02, device=DEVICE)
+    close(
+        tk.sqdist(x, y, xs, -xs),
+        reference.sqdist(x.double(), y.double(), xs.double(), -xs.double()),
+        torch.float32,
+        4.0,
+    )
+    truth = reference.sqdist(x.double(), y.double())
+    for dtype, rel in HALF_INPUT_TOL.items():
+        got = tk.sqdist(x.to(dtype), y.to(dtype)).double()
+        assert float((got - truth).abs().max()) <= rel * float(truth.max())
+
+
+def test_sqdist_self_distance_clamped_at_zero() -> None:
+    x = cloud(N, 24, 6, 3.0)  # large offset: cancellation in ‖x‖² + ‖y‖² − 2⟨x, y⟩
+    c = tk.sqdist(x, x)
+    assert bool((c >= 0).all())
+    assert float(c.diagonal().abs().max()) < 1e-4
+
+
+def test_sqdist_backward_matches_reference() -> None:
+    x0, y0 = cloud(N, 24, 7), cloud(M, 24, 8, 0.1)
+    s0, t0 = cloud(1, 24, 9)[0] * 0.2, cloud(1, 24, 10)[0] * 0.2
+    g = torch.randn(N, M, generator=torch.Generator().manual_seed(11)).to(DEVICE)
+    grads = []
+    for fn in (tk.sqdist, reference.sqdist):
+        x, y, s, t = (v.clone().requires_grad_() for v in (x0, y0, s0, t0))
+        (fn(x, y, s, t) * g).sum().backward()
+        grads.append([v.grad for v in (x, y, s, t)])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_sqdist_half_input_gradient_dtype() -> None:
+    x = cloud(N, 24, 12, dtype=torch.bfloat16).requires_grad_()
+    y = cloud(M, 24, 13, dtype=torch.bfloat16).requires_grad_()
+    tk.sqdist(x, y).sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.bfloat16
+    xr, yr = x.detach().float().requires_grad_(), y.detach().float().requires_grad_()
+    reference.sqdist(xr, yr).sum().backward()
+    torch.testing.assert_close(x.grad.float(), xr.grad, rtol=2e-2, atol=2e-2)
+
+
+# ----------------------------------------------------------------------------- centroid
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_centroid_forward_backward(dtype: torch.dtype, weighted: bool) -> None:
+    x0, y0 = cloud(N, 40, 14, dtype=dtype), cloud(M, 40, 15, 0.2, dtype=dtype)
+    a = weights(N, 16) if weighted else torch.full((N,), 1.0 / N, device=DEVICE)
+    b = weights(M, 17) if weighted else torch.full((M,), 1.0 / M, device=DEVICE)
+    up = torch.randn(81, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    up = up.to(DEVICE)
+    results = []
+    for fn, cast in ((tk.centroid, lambda t: t), (reference.centroid, lambda t: t.double())):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        st = fn(cast(x), cast(y), cast(a), cast(b))
+        loss = (st.mu_x * up[:40]).sum() + (st.mu_y * up[40:80]).sum() + st.gap2 * up[80]
+        loss.backward()
+        results.append((st, x.grad, y.grad))
+    (got, gx, gy), (want, wx, wy) = results
+    assert got.mu_x.shape == (40,) and got.gap2.shape == ()
+    for g_, w_ in zip(got, want, strict=True):
+        close(g_, w_, dtype)
+    rtol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+    assert gx.dtype == dtype
+    torch.testing.assert_close(gx.double(), wx.double(), rtol=rtol, atol=rtol * 1e-1)
+    torch.testing.assert_close(gy.double(), wy.double(), rtol=rtol, atol=rtol * 1e-1)
+
+
+# ----------------------------------------------------------------------------- cost operator
+
+
+def _pair(
+    dtype: torch.dtype, d: int = 24, shifted: bool = True
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    x, y = cloud(N, d, 20, dtype=dtype), cloud(M, d, 21, 0.05, dtype=dtype)
+    shift = cloud(1, d, 22)[0] * 0.25 if shifted else None
+    return x, y, shift
+
+
+def _potentials(eps: float) -> tuple[Tensor, Tensor]:
+    """Column vectors h = log w + g/ε of a plausible size for ε (not converged)."""
+    g = torch.Generator().manual_seed(23)
+    hb = weights(M, 24).log() + 0.03 * torch.randn(M, generator=g).to(DEVICE) / math.sqrt(eps)
+    ha = weights(N, 25).log() + 0.03 * torch.randn(N, generator=g).to(DEVICE) / math.sqrt(eps)
+    return hb, ha
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps", EPSILONS)
+@pytest.mark.parametrize("shifted", [False, True])
+def test_cost_reductions_match_reference(dtype: torch.dtype, eps: float, shifted: bool) -> None:
+    x, y, shift = _pair(dtype, shifted=shifted)
+    tc = tk.make_cost(x, y, shift)
+    rc = reference.TensorizedCost(x.double(), y.double(), None if shift is None else shift.double())
+    hb, ha = _potentials(eps)
+    f = tc.softmin_rows(hb, eps)
+    g = tc.softmin_cols(ha, eps)
+    assert f.shape == (N,) and g.shape == (M,) and f.dtype == torch.float32
+    close(f, rc.softmin_rows(hb.double(), eps), dtype, scale=1.0)
+    close(g, rc.softmin_cols(ha.double(), eps), dtype, scale=1.0)
+    # the barycenters amplify cost rounding by 1/ε; unit-norm data keeps it ~1e-4 at ε=0.0025
+    scale = 1.0 / (400 * eps)
+    close(tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps), dtype, scale=scale)
+    close(tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps), dtype, scale=scale)
+    assert tc.diameter() == pytest.approx(rc.diameter(), rel=1e-5)
+
+
+@pytest.mark.parametrize("eps", EPSILONS)
+def test_cost_feature_chunks(eps: float) -> None:
+    """d = 40: two BLOCK_K chunks in the cost and two BLOCK_V output blocks in the barycenter."""
+    x, y, shift = _pair(torch.float32, d=40)
+    tc, rc = (
+        tk.make_cost(x, y, shift),
+        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+    )
+    hb, ha = _potentials(eps)
+    close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
+    close(tc.softmin_cols(ha, eps), rc.softmin_cols(ha.double(), eps), torch.float32)
+    scale = 1.0 / (400 * eps)
+    close(tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps), torch.float32, scale)
+    close(tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps), torch.float32, scale)
+
+
+@pytest.mark.parametrize("eps", EPSILONS)
+def test_softmin_column_split_merge(eps: float, split2: None) -> None:
+    x, y, shift = _pair(torch.float32)
+    tc, rc = (
+        tk.make_cost(x, y, shift),
+        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+    )
+    hb, ha = _potentials(eps)
+    close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
+    close(tc.softmin_cols(ha, eps), rc.softmin_cols(ha.double(), eps), torch.float32)
+
+
+def test_self_problem_shares_the_prologue() -> None:
+    x = cloud(N, 24, 26)
+    tc, rc = tk.make_cost(x, x), reference.TensorizedCost(x.double(), x.double())
+    assert tc.v is tc.u
+    h = weights(N, 27).log()
+    for eps in EPSILONS:
+        close(tc.softmin_rows(h, eps), rc.softmin_rows(h.double(), eps), torch.float32)
+        close(
+            tc.barycenter_rows(h, eps),
+            rc.barycenter_rows(h.double(), eps),
+            torch.float32,
+            1 / (400 * eps),
+        )
+
+
+def test_zero_weights_and_empty_tiles() -> None:
+    """h = −inf (zero weight) on a whole 32-column tile: no NaN, same as the reference."""
+    x, y, shift = _pair(torch.float32)
+    b = weights(M, 28)
+    b[:32] = 0.0
+    b /= b.sum()
+    hb = b.log()
+    tc, rc = (
+        tk.make_cost(x, y, shift),
+        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+    )
+    for eps in EPSILONS:
+        f = tc.softmin_rows(hb, eps)
+        assert bool(torch.isfinite(f).all())
+        close(f, rc.softmin_rows(hb.double(), eps), torch.float32)
+        close(
+            tc.barycenter_rows(hb, eps),
+            rc.barycenter_rows(hb.double(), eps),
+            torch.float32,
+            1 / (400 * eps),
+        )
+
+
+def test_float64_inputs_computed_in_fp32() -> None:
+    x, y, shift = _pair(torch.float64)
+    tc, rc = tk.make_cost(x, y, shift), reference.TensorizedCost(x, y, shift)
+    hb, _ = _potentials(0.25)
+    f = tc.softmin_rows(hb.double(), 0.25)
+    assert f.dtype == torch.float64
+    close(f, rc.softmin_rows(hb.double(), 0.25), torch.float32)
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+def test_custom_ops_pass_opcheck() -> None:
+    """Schema, autograd registration, fake tensors and AOT dispatch of both custom ops."""
+    from cma_kernels.triton import ops
+
+    x, y = cloud(N, 24, 29).requires_grad_(), cloud(M, 24, 30).requires_grad_()
+    xs = (cloud(1, 24, 31)[0] * 0.1).requires_grad_()
+    torch.library.opcheck(ops._sqdist_op, (x, y, xs, None))
+    torch.library.opcheck(ops._centroid_op, (x, y, weights(N, 32), weights(M, 33)))
+
+
+def test_fp16_operand_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CMA_TRITON_DOT_PRECISION=fp16: operands rounded to fp16, fp32 accumulation.
+
+    (The interpreter computes bf16 dots wrongly, so bf16 is checked on the GPU only.)
+    """
+    if _config.interpreted():
+        monkeypatch.setattr(_config, "dot_precision", lambda: "fp16")
+    else:
+        monkeypatch.setenv("CMA_TRITON_DOT_PRECISION", "fp16")
+    x, y, shift = _pair(torch.float32)
+    tc = tk.make_cost(x, y, shift)
+    rc = reference.TensorizedCost(x.double(), y.double(), shift.double())
+    torch.testing.assert_close(
+        tk.sqdist(x, y).double(), reference.sqdist(x.double(), y.double()), rtol=0, atol=2e-3
+    )
+    hb, ha = _potentials(0.0025)
+    for got, want in (
+        (tc.softmin_rows(hb, 0.0025), rc.softmin_rows(hb.double(), 0.0025)),
+        (tc.softmin_cols(ha, 0.0025), rc.softmin_cols(ha.double(), 0.0025)),
+        (tc.barycenter_rows(hb, 0.0025), rc.barycenter_rows(hb.double(), 0.0025)),
+    ):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
