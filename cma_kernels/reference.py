@@ -79,57 +79,66 @@ class TensorizedCost(CostOperator):
 class ChunkedCost(CostOperator):
     """Cost operator that never holds more than ``block × (N or M)`` cost entries.
 
-    Each call walks row (or column) blocks, recomputes C for the block from the embeddings
-    and reduces it at once: memory O((N + M)·block) instead of O(N·M).
+    Each call walks row (or column) blocks, recomputes the block from the embeddings and reduces
+    it at once: memory O((N + M)·block) instead of O(N·M). A block of scores is one ``addmm``:
+
+        h_j − C_ij/ε = [h_j − ‖c_j‖²/ε] + (2/ε)·⟨r_i, c_j⟩ − ‖r_i‖²/ε,
+
+    where the row term ‖r_i‖²/ε is constant along the reduction, so it is added after the
+    log-sum-exp (and cancels in the softmax); the max-shift and exp then run in place on the
+    block. The squared norms are computed once per operator.
     """
 
     def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        shift: Tensor | None = None,
-        chunk_elements: int = CHUNK_ELEMENTS,
+        self, x: Tensor, y: Tensor, shift: Tensor | None = None, chunk_elements: int = CHUNK_ELEMENTS
     ) -> None:
         super().__init__(x, y, shift)
         self.chunk_elements = chunk_elements
+        self._x_sq = (self.x * self.x).sum(dim=1)
+        self._y_sq = (self.y_shifted * self.y_shifted).sum(dim=1)
 
     def _blocks(self, length: int, other: int) -> range:
         step = max(1, self.chunk_elements // max(other, 1))
         return range(0, length, step)
 
-    def _reduce_rows(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor) -> Tensor:
+    def _reduce_rows(
+        self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, rows_sq: Tensor, cols_sq: Tensor
+    ) -> Tensor:
         """−ε·LSE over ``cols`` of h_j − C(rows_i, cols_j)/ε, for every row, in blocks."""
-        out = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        lse = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        col_term = h - cols_sq / eps
         starts = self._blocks(rows.shape[0], cols.shape[0])
         step = starts.step
         for s in starts:
-            block = _sqdist(rows[s : s + step], cols)
-            block.mul_(-1.0 / eps).add_(h.unsqueeze(0))
-            out[s : s + step] = torch.logsumexp(block, dim=1)
-        return out.mul_(-eps)
+            block = torch.addmm(col_term.unsqueeze(0), rows[s : s + step], cols.T, alpha=2.0 / eps)
+            peak = block.amax(dim=1, keepdim=True)
+            block.sub_(peak).exp_()
+            lse[s : s + step] = peak.squeeze(1) + block.sum(dim=1).log_()
+        return rows_sq - eps * lse  # −ε·(lse − ‖r_i‖²/ε)
 
     def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        return self._reduce_rows(h, eps, self.x, self.y_shifted)
+        return self._reduce_rows(h, eps, self.x, self.y_shifted, self._x_sq, self._y_sq)
 
     def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        return self._reduce_rows(h, eps, self.y_shifted, self.x)
+        return self._reduce_rows(h, eps, self.y_shifted, self.x, self._y_sq, self._x_sq)
 
-    def _barycenter(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor) -> Tensor:
+    def _barycenter(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, cols_sq: Tensor) -> Tensor:
         """Σ over ``cols`` of softmax(h_j − C(rows_i, cols_j)/ε)·cols_j, in row blocks."""
         out = torch.empty(rows.shape[0], cols.shape[1], dtype=rows.dtype, device=rows.device)
+        col_term = h - cols_sq / eps
         starts = self._blocks(rows.shape[0], cols.shape[0])
         step = starts.step
         for s in starts:
-            block = _sqdist(rows[s : s + step], cols)
-            block.mul_(-1.0 / eps).add_(h.unsqueeze(0))
-            out[s : s + step] = torch.softmax(block, dim=1) @ cols
+            block = torch.addmm(col_term.unsqueeze(0), rows[s : s + step], cols.T, alpha=2.0 / eps)
+            block.sub_(block.amax(dim=1, keepdim=True)).exp_()
+            out[s : s + step] = (block @ cols).div_(block.sum(dim=1, keepdim=True))
         return out
 
     def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        return self._barycenter(h, eps, self.x, self.y_shifted)
+        return self._barycenter(h, eps, self.x, self.y_shifted, self._y_sq)
 
     def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        return self._barycenter(h, eps, self.y_shifted, self.x)
+        return self._barycenter(h, eps, self.y_shifted, self.x, self._x_sq)
 
     def diameter(self) -> float:
         return _bounding_diameter(self.x, self.y_shifted)

@@ -45,18 +45,24 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The two projections into the joint space (open_clip: visual.proj, text_projection).
+#: Where open_clip towers keep their projection into the joint space, per tower, in order.
+PROJECTIONS = (
+    ("visual.proj", "visual.attnpool.c_proj.weight", "visual.head.proj.weight"),
+    ("text_projection", "text.proj.weight", "text.proj.0.weight"),
+)
 
-    Falls back to every parameter whose name ends in a projection when a model names them
-    otherwise; these are the parameters both loss terms act on, where w(t) is measured.
-    """
+
+def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The two projections into the joint space (ViT: ``visual.proj``; ResNet: the attention
+    pool's output projection; text: ``text_projection``) — the parameters both loss terms act
+    on, where w(t) compares their gradient norms."""
     named = dict(unwrap(model).named_parameters())
-    picked = [named[k] for k in ("visual.proj", "text_projection") if k in named]
-    if len(picked) < 2:
-        picked = [p for k, p in named.items() if k.endswith(("proj", "projection", "proj.weight"))]
-    if not picked:
-        raise ValueError("model: found no projection parameters to measure gradient norms on")
+    picked = []
+    for candidates in PROJECTIONS:
+        found = next((named[k] for k in candidates if k in named), None)
+        if found is None:
+            raise ValueError(f"model: none of {candidates} found to measure gradient norms on")
+        picked.append(found)
     return picked
 
 

@@ -7,8 +7,10 @@ modalities before/after, training curves), ``train_log.csv`` and ``checkpoint_la
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from cma.models import (
     PretrainedUnavailableError,
     base_model,
     create_model,
+    default_cache_dir,
     embed_dataset,
     fingerprint,
 )
@@ -39,6 +42,7 @@ from cma.train.loop import Interrupted, Trainer, TrainingDiverged, param_groups
 from cma.train.plots import plot_training
 
 PROBE_PAIRS = 512
+EVAL_CACHE_VERSION = 1
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -168,20 +172,35 @@ def evaluate_model(
     model: nn.Module, preprocess: Any, tokenizer: Any, eval_train: Any, test: Any,
     cfg: TrainConfig, device: torch.device, tag: str,
 ) -> tuple[dict[str, float], EmbeddingSet, dict[str, Any]]:  # fmt: skip
-    """Embed the evaluation sets with ``model`` and run the whole protocol (SPEC §5)."""
+    """Embed the evaluation sets with ``model`` and run the whole protocol (SPEC §5).
+
+    Embeddings and results are cached under the cache dir, keyed by the weights, the data and
+    the evaluation settings, so an unchanged base model is evaluated once across runs.
+    """
     if cfg.progress:
         print(f"\n== evaluating the {tag} model", flush=True)
     kw = {"device": device, "cache_dir": cfg.cache_dir, "cache_key": "auto",
           "progress": cfg.progress}  # fmt: skip
     test_set = embed_dataset(model, preprocess, tokenizer, test, **kw)
-    train_set = (
-        embed_dataset(model, preprocess, tokenizer, eval_train, **kw) if eval_train else None
-    )
+    train_set = None
+    if eval_train is not None:
+        train_set = embed_dataset(model, preprocess, tokenizer, eval_train, **kw)
     captioning = cfg.captioning and train_set is not None
+    settings = [fingerprint(model), fingerprint(test), eval_train and fingerprint(eval_train),
+                cfg.blur, cfg.seed, captioning, EVAL_CACHE_VERSION]  # fmt: skip
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
+    cached = Path(cfg.cache_dir or default_cache_dir()) / "evals" / f"{key}.json"
+    if cached.is_file():
+        saved = json.loads(cached.read_text())
+        return saved["metrics"], test_set, saved["details"]
     result = evaluate_detailed(
         train_set if train_set is not None else test_set, test_set, blur=cfg.blur,
         captioning=captioning, seed=cfg.seed, progress=cfg.progress,
     )  # fmt: skip
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"metrics": result.metrics, "details": result.details}, default=str))
+    os.replace(tmp, cached)
     return result.metrics, test_set, result.details
 
 

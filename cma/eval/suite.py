@@ -1,0 +1,158 @@
+"""``evaluate``: the whole protocol of SPEC section 5 on a (train, test) pair of EmbeddingSets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cma.eval._common import FRACTION_KEYS, GAP_KEYS, TASK_KEYS
+from cma.eval.captioning import CaptionConfig, caption_metrics, references, train_captioner
+from cma.eval.clustering import joint_ari
+from cma.eval.retrieval import retrieval_recall
+from cma.eval.zeroshot import zeroshot_accuracy
+
+
+@dataclass
+class EvalResult:
+    """METRICS plus what a report may show: timings, greedy/beam/text-oracle captioning, samples."""
+
+    metrics: dict[str, float]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, flush=True)
+
+
+def evaluate_detailed(
+    train,
+    test,
+    *,
+    blur: float = 0.05,
+    ari_seeds: int = 5,
+    captioning: bool = True,
+    caption_cfg: CaptionConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvalResult:
+    """:func:`evaluate` that also returns details (see :class:`EvalResult`)."""
+    from cma.gaps import gap_report
+
+    t_start = time.perf_counter()
+    details: dict[str, Any] = {"seconds": {}}
+    metrics: dict[str, float] = {}
+
+    def timed(key: str, t0: float) -> None:
+        details["seconds"][key] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    x, y = test.paired()
+    gaps = dict(gap_report(x, y, blur=blur, paired=True, normalize=False))
+    metrics.update({key: float(gaps[key.removeprefix("gap_")]) for key in GAP_KEYS})
+    timed("gaps", t0)
+    _log(progress, "  gaps: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in GAP_KEYS))
+
+    if test.labels is not None and test.class_text is not None:
+        t0 = time.perf_counter()
+        acc = zeroshot_accuracy(test.image, test.class_text, test.labels, topk=(1, 5))
+        metrics["zeroshot_top1"], metrics["zeroshot_top5"] = acc[1], acc[5]
+        timed("zeroshot", t0)
+
+    t0 = time.perf_counter()
+    rec = retrieval_recall(test.image, test.text, test.text_to_image, ks=(1, 5, 10))
+    metrics.update({f"retrieval_{k}": v for k, v in rec.items()})
+    timed("retrieval", t0)
+
+    if test.labels is not None:
+        t0 = time.perf_counter()
+        ari = joint_ari(x, y, test.labels, seeds=ari_seeds, seed=seed)
+        metrics["ari"], metrics["ari_std"] = ari
+        timed("ari", t0)
+    _log(progress, "  tasks: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in FRACTION_KEYS
+                                           if k in metrics))
+
+    if captioning:
+        if train.image.shape[1] != test.image.shape[1]:
+            raise ValueError(f"train and test dimensions differ: {train.image.shape[1]} != "
+                             f"{test.image.shape[1]}")
+        cfg = caption_cfg or CaptionConfig(seed=seed)
+        n_caps = min(len(train.captions), cfg.max_captions)
+        _log(progress, f"  training the caption decoder on {n_caps} text embeddings")
+        cap = train_captioner(train.text, train.captions, cfg, progress=progress)
+        details["seconds"]["decoder_train"] = round(cap.train_seconds, 3)
+        details["decoder_losses"] = cap.losses
+        t0 = time.perf_counter()
+        refs = references(test.captions, test.text_to_image, test.image.shape[0])
+        scores: dict[str, dict[str, float]] = {}
+        samples: dict[str, list[str]] = {}
+        for method in ("greedy", "beam"):
+            samples[f"image_{method}"] = cap.generate(test.image, method=method)
+            scores[f"image_{method}"] = caption_metrics(samples[f"image_{method}"], refs)
+        # the oracle: the decoder fed the TEXT embedding of each image's first caption
+        samples["text_greedy"] = cap.generate(y, method="greedy")
+        scores["text_greedy"] = caption_metrics(samples["text_greedy"], refs)
+        metrics.update(scores[f"image_{cfg.decode}"])
+        details["captioning"] = {"decode": cfg.decode, "scores": scores,
+                                 "vocab_size": len(cap.vocab)}
+        details["samples"] = [
+            {"references": refs[i][:3], **{k: v[i] for k, v in samples.items()}}
+            for i in range(min(8, len(refs)))
+        ]
+        timed("caption_decode_score", t0)
+        _log(progress, "  captioning: " + ", ".join(
+            f"{k}: CIDEr {v['cider']:.3f} BLEU-4 {v['bleu4']:.3f}" for k, v in scores.items()))
+    details["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
+    return EvalResult(metrics, details)
+
+
+def evaluate(
+    train,
+    test,
+    *,
+    blur: float = 0.05,
+    ari_seeds: int = 5,
+    captioning: bool = True,
+    caption_cfg: CaptionConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """SPEC section 6 METRICS of ``test`` (the caption decoder learns from ``train``).
+
+    Gaps on ``test.paired()`` as given (not renormalised: model embeddings are unit vectors,
+    post-hoc baselines may move them off the sphere on purpose); zero-shot needs ``labels``
+    and ``class_text``; ARI needs ``labels``; captioning (CIDEr-D, BLEU-4, ROUGE-L of the
+    ``caption_cfg.decode`` decoding of the test IMAGE embeddings, decoder trained on ``train``
+    TEXT embeddings) is skipped when ``captioning=False``. Keys that cannot be computed are
+    omitted. Deterministic given ``seed``.
+    """
+    return evaluate_detailed(
+        train, test, blur=blur, ari_seeds=ari_seeds, captioning=captioning,
+        caption_cfg=caption_cfg, seed=seed, progress=progress,
+    ).metrics
+
+
+def gap_reduction(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Changes from ``before`` to ``after`` METRICS.
+
+    - ``{gap}_reduction_pct = 100 (b - a) / b`` for each gap, and ``gap_reduction_pct`` for the
+      total gap ("the gap" of SPEC section 2);
+    - ``{task}_drop_points = 100 (b - a)`` for fraction metrics (accuracy points);
+    - ``{task}_drop_rel_pct = 100 (b - a) / b`` for every task metric.
+    Keys missing from either side, or with b = 0 for a ratio, are skipped.
+    """
+    out: dict[str, float] = {}
+    for k in GAP_KEYS:
+        if k in before and k in after and before[k] > 0:
+            out[f"{k}_reduction_pct"] = 100.0 * (before[k] - after[k]) / before[k]
+    if "gap_total_reduction_pct" in out:
+        out["gap_reduction_pct"] = out["gap_total_reduction_pct"]
+    for k in TASK_KEYS:
+        if k not in before or k not in after:
+            continue
+        if k in FRACTION_KEYS:
+            out[f"{k}_drop_points"] = 100.0 * (before[k] - after[k])
+        if before[k] != 0:
+            out[f"{k}_drop_rel_pct"] = 100.0 * (before[k] - after[k]) / before[k]
+    return out
