@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from cma.models import (
 
 TINY = PretrainConfig(
     arch="cma-micro", world_size=64, image_size=32, steps=60, batch_size=64, lr=5e-3,
-    warmup_steps=10,
+    warmup_steps=10, init_logit_scale=math.log(1 / 0.07),
 )
 
 
@@ -38,7 +39,7 @@ def test_pretraining_lowers_the_contrastive_loss(trained: tuple) -> None:
     assert len(losses) == TINY.steps
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert first > 3.9  # about log(64) at random init
-    assert last < first - 0.8, (first, last)
+    assert last < 0.9 * first, (first, last)  # a clear drop from chance level
     assert not model.training and stats["seconds"] > 0
     assert torch.get_num_threads() == torch_threads_before
 

@@ -1,8 +1,10 @@
-"""Fast embedded-world batches: uint8 images normalised per batch, captions tokenised once."""
+"""Training helpers shared by pretraining and the trainer: fast embedded-world batches
+(uint8 images normalised per batch, captions tokenised once) and open_clip's decay split."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,3 +40,17 @@ def uint8_normalizer(model: nn.Module) -> Callable[[Tensor], Tensor]:
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     return lambda x: (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """open_clip's split: no weight decay on gains, biases, norms and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit" in name
+        (no_decay if skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 from open_clip.loss import ClipLoss
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from cma.data.world import WORLD_VERSION, EmbeddedWorld
+from cma.models.batching import CaptionBank, param_groups, uint8_normalizer
 from cma.models.embed import default_cache_dir
 from cma.models.factory import create_model, model_config
 
@@ -61,45 +62,6 @@ class PretrainConfig:
             "pretrain_version": PRETRAIN_VERSION,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class _CaptionBank:
-    """All captions of a world tokenised once; samples one caption per image."""
-
-    def __init__(self, world: EmbeddedWorld, tokenizer: Callable) -> None:
-        per_image = [world.captions_of(i) for i in range(len(world))]
-        unique = sorted({c for caps in per_image for c in caps})
-        index = {c: j for j, c in enumerate(unique)}
-        chunks = range(0, len(unique), 4096)
-        self.tokens = torch.cat([tokenizer(unique[i:i + 4096]) for i in chunks])
-        counts = np.array([len(c) for c in per_image])
-        self.start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
-        self.count = torch.from_numpy(counts)
-        self.flat = torch.tensor([index[c] for caps in per_image for c in caps])
-
-    def sample(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        pick = (torch.rand(len(images), generator=generator) * self.count[images]).long()
-        return self.tokens[self.flat[self.start[images] + pick]]
-
-
-def _normalizer(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W), as the inference transform does."""
-    cfg = model.visual.preprocess_cfg
-    mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    return lambda x: (x.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """open_clip's split: no decay on gains, biases, norms and the temperature."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        skip = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit" in name
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 def pretrain(
@@ -139,14 +101,14 @@ def _pretrain(
     if world is None:
         world = EmbeddedWorld("train", config.world_size, config.world_seed, config.image_size)
     images = torch.from_numpy(world.images)
-    bank = _CaptionBank(world, tokenizer)
+    bank = CaptionBank(world, tokenizer)
     data_seconds = time.perf_counter() - t0
-    normalize = _normalizer(model)
+    normalize = uint8_normalizer(model)
     with torch.no_grad():
         model.logit_scale.fill_(config.init_logit_scale)
     model.train()
     opt = torch.optim.AdamW(
-        _param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6
+        param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6
     )
 
     def lr_at(step: int) -> float:

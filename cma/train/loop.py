@@ -66,20 +66,6 @@ def shared_parameters(model: nn.Module) -> list[nn.Parameter]:
     return picked
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """open_clip's split: no weight decay on gains, biases, norms and the temperature."""
-    decay, no_decay = [], []
-    for name, p in unwrap(model).named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit" in name
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0},
-    ]
-
-
 def _features(out: Any) -> tuple[Tensor, Tensor, Tensor]:
     if isinstance(out, dict):
         return out["image_features"], out["text_features"], out["logit_scale"]

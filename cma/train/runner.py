@@ -34,11 +34,12 @@ from cma.models import (
     embed_dataset,
     fingerprint,
 )
+from cma.models.batching import param_groups
 from cma.train.batches import EmbeddedBatches, FileBatches, StepPlan, StreamBatches
 from cma.train.checkpoint import CheckpointError, find_resume, load_checkpoint
 from cma.train.config import TrainConfig, parse_config
 from cma.train.distributed import DistInfo, any_rank, barrier, init_distributed
-from cma.train.loop import Interrupted, Trainer, TrainingDiverged, param_groups
+from cma.train.loop import Interrupted, Trainer, TrainingDiverged
 from cma.train.plots import plot_training
 
 PROBE_PAIRS = 512
