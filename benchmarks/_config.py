@@ -8,7 +8,9 @@ Environment variables (all optional):
 * ``CMA_BENCH_DEVICE=cpu|cuda``: where to run (default: cuda when available).
 * ``CMA_BENCH_PEER_TIMEOUT=30``: seconds one call of a peer may take (larger N is then skipped).
 * ``CMA_BENCH_OURS_TIMEOUT=600``: the same bound for our own backends.
-* ``CMA_BENCH_CACHE=0``: ignore and do not write ``benchmarks/.cache`` (accuracy/memory results).
+* ``CMA_BENCH_CACHE=0``: ignore and do not write ``benchmarks/.cache`` (the POT worker results
+  and computed references).
+* ``CMA_BENCH_TOL`` / ``CMA_BENCH_POT_STOP_THR``: the stopping rules (see ``TOL`` below).
 * ``CMA_BENCH_TRAIN_MODEL`` / ``CMA_BENCH_TRAIN_BATCH``: the training-step case (default
   ``cma-tiny`` at batch 256 on CPU, ``ViT-B-32`` at batch 1024 on CUDA).
 """
@@ -22,13 +24,20 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-#: Entropic blur (ε = blur²), ε-scaling factor and our stopping rule, shared by every backend.
+#: Entropic blur (ε = blur²) and ε-scaling factor, shared by every backend.
 BLUR = 0.05
 SCALING = 0.5
-TOL = 1e-4
+#: Our stopping rule for the kernel benchmarks: stop when no potential moves by more than TOL
+#: (cost units) in an iteration at the final ε. 0.1 is set for *equal accuracy* with the best
+#: peer (GeomLoss, whose fixed ε-schedule has no stopping rule): on these clouds our value and
+#: gradient errors are then both below GeomLoss's (at N = 1024: value 1.7e-4 vs 6.2e-4,
+#: gradient 1.2e-1 vs 2.0e-1). The library default (1e-4) hits max_iter = 1000 here; see
+#: docs/benchmarks.md for the accuracy–tolerance table. ``CMA_BENCH_TOL`` overrides it.
+TOL = float(os.environ.get("CMA_BENCH_TOL", "0.1"))
 MAX_ITER = 1000
-#: POT's stopping rule: marginal violation (L2 for sinkhorn_log, L1 for the lazy solver).
-POT_STOP_THR = 1e-5
+#: POT's stopping rule: marginal violation (L2 norm for sinkhorn_log, L1 for the lazy
+#: solver), checked every 10 iterations; 1e-2 gives about GeomLoss's value accuracy at N = 256.
+POT_STOP_THR = float(os.environ.get("CMA_BENCH_POT_STOP_THR", "1e-2"))
 POT_MAX_ITER = 1000
 #: Row block of POT's lazy solver: 256 rows, the block our chunked strategy uses at N = 4096.
 POT_LAZY_BATCH = 256

@@ -1,13 +1,14 @@
 """Benchmark harness: the session context (worker, cache, JSON extras) and the case runner.
 
-Every case is first run once in a separate worker process (:mod:`benchmarks._worker`) that
-records its peak memory, its accuracy against float64 and the time of that one call; a peer
-that runs past ``CMA_BENCH_PEER_TIMEOUT`` seconds there is recorded as a timeout (and skipped
-at larger N) instead of being waited for. Cases that pass are then timed in-process by
-pytest-benchmark. Worker results are cached in ``benchmarks/.cache`` (keyed by the source of
-``cma_kernels``, ``cma.losses``, the benchmark code and the library versions), so a rerun only
-re-times. The JSON written by ``--benchmark-json`` gets a top-level ``"cma"`` entry with the
-settings, the memory method and the cases that did not run (timeouts, OOM, errors).
+Every case is timed in-process by pytest-benchmark; its first call (the warm-up round, or the
+only round of a slow case) also gives the peak memory (:mod:`benchmarks._memory`), the solver
+iterations and the output, compared with float64 (:mod:`benchmarks._reference`). POT's
+solvers, which can run for minutes, are first run once in a worker process
+(:mod:`benchmarks._worker`) under ``CMA_BENCH_PEER_TIMEOUT``: a timeout is recorded (and larger
+N skipped) instead of waited for. Worker results are cached in ``benchmarks/.cache`` (keyed by
+the benchmark code, the references and the library versions), so a rerun does not wait for
+the same timeouts again. The JSON written by ``--benchmark-json`` gets a top-level ``"cma"``
+entry with the settings, the memory method and the cases that did not run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 import pytest
 import torch
 
-from . import _backends, _config as cfg, _worker
+from . import _backends, _memory, _worker
+from . import _config as cfg
+from ._memory import PeakMemory, trim
 
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,16 +43,14 @@ def _versions() -> dict[str, str]:
 
 
 def _source_hash() -> str:
-    """Hash of everything a cached measurement depends on (code, versions, settings)."""
+    """Hash of what a cached worker result depends on (benchmark code, references, versions)."""
     h = hashlib.sha256()
-    files = sorted((_ROOT / "cma_kernels").rglob("*.py"))
-    files += [_ROOT / "cma" / "losses.py", *sorted((_ROOT / "cma" / "models").rglob("*"))]
-    files += [Path(__file__).parent / f for f in (
-        "_backends.py", "_config.py", "_worker.py", "_reference.py", "reference_values.json",
-    )]
-    for f in files:
+    here = Path(__file__).parent
+    for name in ("_backends.py", "_config.py", "_worker.py", "_reference.py", "_memory.py",
+                 "reference_values.json"):
+        f = here / name
         if f.is_file():
-            h.update(f.relative_to(_ROOT).as_posix().encode())
+            h.update(name.encode())
             h.update(f.read_bytes())
     h.update(json.dumps(_versions(), sort_keys=True).encode())
     return h.hexdigest()[:16]
@@ -87,8 +88,8 @@ class BenchContext:
                 self.cache = {}
         self.results: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.not_run: list[dict[str, Any]] = []
-        self.mem_method = _worker.CUDA_MEM_METHOD if self.dev.startswith("cuda") else (
-            _worker.CPU_MEM_METHOD
+        self.mem_method = _memory.CUDA_METHOD if self.dev.startswith("cuda") else (
+            _memory.CPU_METHOD
         )
         self.load_start = os.getloadavg()
         self.started = time.time()
@@ -170,41 +171,97 @@ class BenchContext:
         }
 
 
-def _rounds(call_s: float) -> tuple[int, int]:
-    """(rounds, warm-up rounds) so that one case takes about 3 s of timing (≥ 1 round)."""
-    if call_s >= 3.0:
-        return 1, 0
-    rounds = int(min(20, max(3, 3.0 / max(call_s, 1e-4))))
-    return rounds, 1
+def _rounds(op: str, n: int, call_s: float | None) -> tuple[int, int]:
+    """(rounds, warm-up rounds): about 3 s of timing per case, one round for slow cases.
+
+    ``call_s`` (known for the guarded peers, which ran once in the worker) decides when given;
+    otherwise the size does: the Sinkhorn cases take seconds at N = 1024 and about a minute at
+    N = 4096 on a 2-core CPU, so they get 3 rounds and 1 round there.
+    """
+    if call_s is not None:
+        if call_s >= 3.0:
+            return 1, 0
+        return int(min(20, max(3, 3.0 / max(call_s, 1e-4)))), 1
+    if op in ("sqdist", "centroid"):
+        return (10, 1) if n <= 4096 else (3, 1)
+    if op == "train":
+        return 5, 1
+    if n <= 256:
+        return 5, 1
+    if n <= 1024 or ctx_is_cuda():
+        return 3, 1
+    return 1, 0
+
+
+def ctx_is_cuda() -> bool:
+    """Whether the benchmark device is a GPU (everything is fast enough for 3 rounds)."""
+    return cfg.device().startswith("cuda")
 
 
 def run_case(benchmark: Any, ctx: BenchContext, op: str, backend: str, n: int) -> None:
-    """Measure (worker), then time (pytest-benchmark) one case; skip with the reason if needed."""
+    """Time one case with pytest-benchmark; its first call also gives memory and accuracy.
+
+    Guarded peers (POT) first run once in the worker under the time bound: a timeout is
+    recorded (and larger N skipped) instead of waited for. Every other case runs in-process:
+    the first call — the warm-up round, or the only round for slow cases — is wrapped in
+    :class:`~benchmarks._memory.PeakMemory` and its output compared with float64.
+    """
     benchmark.group = f"{op} N={n}"
     reason = _backends.unavailable(op, backend, ctx.dev)
     if reason:
         pytest.skip(reason)
-    res = ctx.measure(op, backend, n)
-    if res["status"] != "ok":
-        if _backends.is_ours(backend) and res["status"] == "error":
-            pytest.fail(f"{backend} failed: {res.get('note')}")
-        ctx.not_run.append({"op": op, "backend": backend, "n": n, "d": ctx.d, **res})
-        pytest.skip(f"{backend} N={n}: {res['status']} ({res.get('note', '')})")
+    res: dict[str, Any] | None = None
+    if backend in _backends.GUARDED:
+        res = ctx.measure(op, backend, n)
+        if res["status"] != "ok":
+            ctx.not_run.append({"op": op, "backend": backend, "n": n, "d": ctx.d, **res})
+            pytest.skip(f"{backend} N={n}: {res['status']} ({res.get('note', '')})")
+    elif op in _backends.SINKHORN_OPS:
+        ctx.reference(n)
     if op == "train":
         case = _backends.build_train(backend, ctx.dev)
+        case.run()  # one untimed step: AdamW's state exists before the measured step
+        x = y = None
     else:
-        case = _backends.build(op, backend, *ctx.clouds(n))
-    benchmark.extra_info.update({
-        "op": op, "backend": backend, "n": n, "d": ctx.d, "device": ctx.dev,
-        "peer": not _backends.is_ours(backend),
-        **{k: res.get(k) for k in ("rel_err", "grad_rel_err", "peak_mb", "iters", "call_s",
-                                   "value")},
-        **({k: v for k, v in case.info.items() if k in ("model", "batch")}),
-    })
-    rounds, warmup = _rounds(res["call_s"])
-    if op == "train":
-        rounds, warmup = max(rounds, 7), 1
-    benchmark.pedantic(case.run, rounds=rounds, warmup_rounds=warmup, iterations=1)
+        small = cfg.make_clouds(64, ctx.d, cfg.SEED + 1, ctx.dev)
+        _backends.build(op, backend, *small).run()  # warm-up: imports, first-call work
+        x, y = ctx.clouds(n)
+        case = _backends.build(op, backend, x, y)
+    first: dict[str, Any] = {}
+    mem = PeakMemory(ctx.dev)
+
+    def timed() -> Any:
+        if first:
+            return case.run()
+        with _backends.count_iterations(first), mem:
+            out = case.run()
+        first["out"] = out
+        return out
+
+    rounds, warmup = _rounds(op, n, None if res is None else res["call_s"])
+    trim()
+    try:
+        benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    except torch.OutOfMemoryError as e:
+        ctx.not_run.append({"op": op, "backend": backend, "n": n, "d": ctx.d, "status": "oom",
+                            "note": str(e).splitlines()[0][:200]})
+        pytest.skip(f"{backend} N={n}: out of memory")
+    extra: dict[str, Any] = {"op": op, "backend": backend, "n": n, "d": ctx.d,
+                             "device": ctx.dev, "peer": not _backends.is_ours(backend)}
+    if res is not None:  # guarded peer: memory and accuracy from its worker run
+        extra.update({k: res.get(k) for k in ("rel_err", "grad_rel_err", "peak_mb", "iters",
+                                              "value")})
+        extra["mem_where"] = "worker"
+    else:
+        value, grads = first["out"]
+        extra["peak_mb"] = mem.peak_mb
+        extra["iters"] = first.get("iters", case.info.get("iters"))
+        if op != "train":
+            extra.update(_backends.accuracy(op, x, y, value, grads, cfg.SEED))
+        else:
+            extra["value"] = float(value)
+    extra.update({k: v for k, v in case.info.items() if k in ("model", "batch")})
+    benchmark.extra_info.update(extra)
 
 
 def params(op: str) -> list[Any]:

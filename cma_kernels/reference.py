@@ -90,7 +90,11 @@ class ChunkedCost(CostOperator):
     """
 
     def __init__(
-        self, x: Tensor, y: Tensor, shift: Tensor | None = None, chunk_elements: int = CHUNK_ELEMENTS
+        self,
+        x: Tensor,
+        y: Tensor,
+        shift: Tensor | None = None,
+        chunk_elements: int = CHUNK_ELEMENTS,
     ) -> None:
         super().__init__(x, y, shift)
         self.chunk_elements = chunk_elements
@@ -122,7 +126,9 @@ class ChunkedCost(CostOperator):
     def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
         return self._reduce_rows(h, eps, self.y_shifted, self.x, self._y_sq, self._x_sq)
 
-    def _barycenter(self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, cols_sq: Tensor) -> Tensor:
+    def _barycenter(
+        self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, cols_sq: Tensor
+    ) -> Tensor:
         """Σ over ``cols`` of softmax(h_j − C(rows_i, cols_j)/ε)·cols_j, in row blocks."""
         out = torch.empty(rows.shape[0], cols.shape[1], dtype=rows.dtype, device=rows.device)
         col_term = h - cols_sq / eps

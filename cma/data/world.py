@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 #: Bumped whenever rendering or captions change; part of every cache key built on the world.
-WORLD_VERSION = 4
+WORLD_VERSION = 5
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 20000, "val": 1000, "test": 1000}
@@ -218,7 +218,7 @@ def _captions(rng: random.Random, item: _Item) -> list[str]:
     out = []
     for template in rng.sample(TEMPLATES, rng.randint(3, 5)):
         words = {
-            "shape": _pick(rng, shape, SHAPE_SYNONYMS[shape], 0.75),
+            "shape": _pick(rng, shape, SHAPE_SYNONYMS[shape], 0.9),
             "color": _pick(rng, item.color, COLOR_SYNONYMS[item.color], 0.7),
             "size": rng.choice(SIZE_SYNONYMS[item.size]),
             "pos": rng.choice(_position_phrases(item.v, item.h)),
