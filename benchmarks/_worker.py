@@ -66,6 +66,10 @@ def serve() -> None:
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     import torch  # noqa: F401  (import once, before the first request)
 
+    from ._memory import pin_malloc
+
+    pin_malloc()
+
     for line in sys.stdin:
         if not line.strip():
             continue

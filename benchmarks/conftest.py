@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 
 from ._harness import BenchContext
+from ._memory import pin_malloc
 
 _KEY = pytest.StashKey[BenchContext]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    pin_malloc()  # RSS follows live memory (see benchmarks/_memory.py)
     config.stash[_KEY] = BenchContext()
 
 
