@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
     run.add_argument("--cache-dir", help="model/embedding cache (default $CMA_CACHE or "
                      "~/.cache/cma)")
+    run.add_argument("--name", help="label of the evaluated model in the report (default: --model, "
+                     "'base' or 'embeddings')")
     run.add_argument("--quiet", action="store_true")
     return p
 
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         seed=args.seed)
     opts = {"blur": args.blur, "ari_seeds": args.ari_seeds, "captioning": captioning,
             "caption_cfg": cfg, "seed": args.seed, "progress": not args.quiet}
-    name = source.get("model", "embeddings")
+    name = args.name or source.get("model", "embeddings")
     log(f"evaluating {name} on {test.image.shape[0]} images / {test.text.shape[0]} captions")
     main = evaluate_detailed(train, test, **opts)
     out: dict[str, Any] = {"model": name, **main.metrics, "source": source,

@@ -94,7 +94,7 @@ def plot_bars(
         raise ValueError(f"none of {list(keys)} is in the columns")
     names = list(columns)
     width = 0.8 / len(names)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(keys) * max(1, len(names)) ** 0.5 + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14.0, 2 + len(keys) * (0.5 + 0.25 * len(names))), 4.2))
     xs = np.arange(len(keys))
     for i, n in enumerate(names):
         vals = [float(columns[n].get(k, np.nan)) for k in keys]
