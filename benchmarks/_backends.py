@@ -43,7 +43,13 @@ OPS: dict[str, tuple[str, ...]] = {
     "sqdist": ("cma", "cma-triton", "torch-cdist", "pot"),
     "centroid": ("cma", "cma-triton", "torch"),
     "sinkhorn": (
-        "cma-tensorized", "cma-chunked", "cma-triton", "geomloss", "pot-log", "pot-lazy", "flash",
+        "cma-tensorized",
+        "cma-chunked",
+        "cma-triton",
+        "geomloss",
+        "pot-log",
+        "pot-lazy",
+        "flash",
     ),
     "sinkhorn_grad": ("cma-tensorized", "cma-chunked", "cma-triton", "geomloss", "flash"),
     "gap_loss": ("cma", "cma-triton", "geomloss"),
@@ -158,8 +164,13 @@ def _geomloss_divergence(x: Tensor, y: Tensor) -> Tensor:
     from geomloss import SamplesLoss
 
     loss = SamplesLoss(
-        "sinkhorn", p=2, blur=cfg.BLUR / math.sqrt(2.0), scaling=cfg.SCALING, debias=True,
-        backend="tensorized", diameter=_diameter(x, y) / math.sqrt(2.0),
+        "sinkhorn",
+        p=2,
+        blur=cfg.BLUR / math.sqrt(2.0),
+        scaling=cfg.SCALING,
+        debias=True,
+        backend="tensorized",
+        diameter=_diameter(x, y) / math.sqrt(2.0),
     )
     return 2.0 * loss(x, y)
 
@@ -181,15 +192,31 @@ def _pot_ot(x: Tensor, y: Tensor, lazy: bool, info: dict[str, Any], key: str) ->
     b = torch.full((y.shape[0],), 1.0 / y.shape[0], dtype=y.dtype, device=y.device)
     if lazy:
         log_u, log_v, log = ot.bregman.empirical_sinkhorn(
-            x, y, eps, a, b, metric="sqeuclidean", numIterMax=cfg.POT_MAX_ITER,
-            stopThr=cfg.POT_STOP_THR, isLazy=True, batchSize=cfg.POT_LAZY_BATCH, log=True,
+            x,
+            y,
+            eps,
+            a,
+            b,
+            metric="sqeuclidean",
+            numIterMax=cfg.POT_MAX_ITER,
+            stopThr=cfg.POT_STOP_THR,
+            isLazy=True,
+            batchSize=cfg.POT_LAZY_BATCH,
+            log=True,
             warn=False,
         )
     else:
         cost = ot.dist(x, y, metric="sqeuclidean")
         _, log = ot.sinkhorn2(
-            a, b, cost, eps, method="sinkhorn_log", numItermax=cfg.POT_MAX_ITER,
-            stopThr=cfg.POT_STOP_THR, log=True, warn=False,
+            a,
+            b,
+            cost,
+            eps,
+            method="sinkhorn_log",
+            numItermax=cfg.POT_MAX_ITER,
+            stopThr=cfg.POT_STOP_THR,
+            log=True,
+            warn=False,
         )
         log_u, log_v = log["log_u"], log["log_v"]
     info[f"iters_{key}"] = int(log["niter"]) + 1
@@ -213,7 +240,11 @@ def _flash_divergence(x: Tensor, y: Tensor) -> Tensor:
     from flash_sinkhorn import SamplesLoss
 
     loss = SamplesLoss(
-        "sinkhorn", blur=cfg.BLUR, scaling=cfg.SCALING, debias=True, allow_tf32=False,
+        "sinkhorn",
+        blur=cfg.BLUR,
+        scaling=cfg.SCALING,
+        debias=True,
+        allow_tf32=False,
     )
     return loss(x, y)
 
@@ -256,7 +287,12 @@ def gap_loss_fn(backend: str) -> Callable[[Tensor, Tensor], Tensor]:
 
         def ours(x: Tensor, y: Tensor) -> Tensor:
             return distribution_gap_loss(
-                x, y, blur=cfg.BLUR, scaling=cfg.SCALING, tol=cfg.TOL, max_iter=cfg.MAX_ITER,
+                x,
+                y,
+                blur=cfg.BLUR,
+                scaling=cfg.SCALING,
+                tol=cfg.TOL,
+                max_iter=cfg.MAX_ITER,
                 backend=kind,
             )
 

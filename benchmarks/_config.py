@@ -6,6 +6,9 @@ Environment variables (all optional):
 * ``CMA_BENCH_SIZES=256,1024``: replace the list of sizes N = M.
 * ``CMA_BENCH_DIM=512``: the embedding dimension d.
 * ``CMA_BENCH_DEVICE=cpu|cuda``: where to run (default: cuda when available).
+* ``CMA_BENCH_THREADS=1``: torch's intra-op threads (default: torch's choice); the report then
+  labels the device ``cpu-1t``. On a CPU shared with other jobs one thread avoids waiting at
+  every parallel region for a descheduled sibling thread.
 * ``CMA_BENCH_PEER_TIMEOUT=30``: seconds one call of a peer may take (larger N is then skipped).
 * ``CMA_BENCH_OURS_TIMEOUT=600``: the same bound for our own backends.
 * ``CMA_BENCH_CACHE=0``: ignore and do not write ``benchmarks/.cache`` (the POT worker results
@@ -60,6 +63,18 @@ def device() -> str:
     if dev:
         return dev
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def threads() -> int | None:
+    """``CMA_BENCH_THREADS``: torch's intra-op threads for the run (default: torch's choice)."""
+    raw = os.environ.get("CMA_BENCH_THREADS", "").strip()
+    return int(raw) if raw else None
+
+
+def device_label(dev: str) -> str:
+    """The device as the report names it: ``cpu``, ``cpu-1t`` (with CMA_BENCH_THREADS=1), …"""
+    n = threads()
+    return dev if n is None else f"{dev}-{n}t"
 
 
 def sizes() -> tuple[int, ...]:

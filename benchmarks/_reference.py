@@ -100,8 +100,10 @@ def solve_ot(
     f = _softmin(cost, log_b, eps_list[0])
     g = _softmin(cost.T, log_a, eps_list[0])
     for eps in eps_list[:-1]:
-        f, g = (0.5 * (f + _softmin(cost, log_b + g / eps, eps)),
-                0.5 * (g + _softmin(cost.T, log_a + f / eps, eps)))
+        f, g = (
+            0.5 * (f + _softmin(cost, log_b + g / eps, eps)),
+            0.5 * (g + _softmin(cost.T, log_a + f / eps, eps)),
+        )
     eps = eps_list[-1]
     for _ in range(sinkhorn_iters):
         f = _softmin(cost, log_b + g / eps, eps)
@@ -214,9 +216,13 @@ def compute_entry(x: Tensor, y: Tensor, *, blur: float, scaling: float) -> dict[
     value, gx, gy, facts = sinkhorn_reference(x, y, blur=blur, scaling=scaling)
     grad_norm = float(torch.cat([gx.flatten(), gy.flatten()]).norm())
     return {
-        "value": value, "grad_norm": grad_norm, "grad_sketch": sketch(gx, gy),
-        "fingerprint": fingerprint(x, y), "facts": facts,
-        "seconds": time.perf_counter() - t0, "device": str(x.device),
+        "value": value,
+        "grad_norm": grad_norm,
+        "grad_sketch": sketch(gx, gy),
+        "fingerprint": fingerprint(x, y),
+        "facts": facts,
+        "seconds": time.perf_counter() - t0,
+        "device": str(x.device),
     }
 
 

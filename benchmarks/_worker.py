@@ -24,14 +24,19 @@ def compute_reference(req: dict[str, Any]) -> dict[str, Any]:
     """Make sure the float64 reference of size ``req["n"]`` exists (stored, cached, computed)."""
     from . import _reference
 
-    entry = _reference.reference_entry(
-        req["n"], req["d"], req["seed"], req["device"], compute=True
-    )
+    entry = _reference.reference_entry(req["n"], req["d"], req["seed"], req["device"], compute=True)
     if entry is None:
-        return {"status": "ok", "source": "none",
-                "note": f"no float64 reference beyond N = {_reference.REF_MAX_N}"}
-    return {"status": "ok", "source": entry["source"], "value": entry["value"],
-            "seconds": entry["seconds"]}
+        return {
+            "status": "ok",
+            "source": "none",
+            "note": f"no float64 reference beyond N = {_reference.REF_MAX_N}",
+        }
+    return {
+        "status": "ok",
+        "source": entry["source"],
+        "value": entry["value"],
+        "seconds": entry["seconds"],
+    }
 
 
 def measure(req: dict[str, Any]) -> dict[str, Any]:
@@ -54,8 +59,13 @@ def measure(req: dict[str, Any]) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
     except torch.OutOfMemoryError as e:
         return {"status": "oom", "note": str(e).splitlines()[0][:200]}
-    result: dict[str, Any] = {"status": "ok", "call_s": seconds, "peak_mb": mem.peak_mb,
-                              "mem_method": mem.method, **case.info}
+    result: dict[str, Any] = {
+        "status": "ok",
+        "call_s": seconds,
+        "peak_mb": mem.peak_mb,
+        "mem_method": mem.method,
+        **case.info,
+    }
     result.update(_backends.accuracy(op, x, y, value, grads, req["seed"]))
     return result
 
@@ -64,11 +74,14 @@ def serve() -> None:
     """Answer JSON requests from stdin, one per line, on the original stdout."""
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
-    import torch  # noqa: F401  (import once, before the first request)
+    import torch  # import once, before the first request
 
+    from . import _config as cfg
     from ._memory import pin_malloc
 
     pin_malloc()
+    if cfg.threads():
+        torch.set_num_threads(cfg.threads())
 
     for line in sys.stdin:
         if not line.strip():
@@ -97,8 +110,13 @@ class WorkerClient:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._worker"], cwd=root, env=env, text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "benchmarks._worker"],
+            cwd=root,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(json.dumps({"op": "ping"}) + "\n")  # wait for the imports: a

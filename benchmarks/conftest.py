@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
+from . import _config as cfg
 from ._harness import BenchContext
 from ._memory import pin_malloc
 
@@ -14,6 +16,8 @@ _KEY = pytest.StashKey[BenchContext]()
 
 def pytest_configure(config: pytest.Config) -> None:
     pin_malloc()  # RSS follows live memory (see benchmarks/_memory.py)
+    if cfg.threads():
+        torch.set_num_threads(cfg.threads())
     config.stash[_KEY] = BenchContext()
 
 

@@ -23,9 +23,12 @@ from torch import Tensor
 
 from cma_kernels import centroid_stats, sinkhorn_divergence
 
-#: Solver settings for metrics: float64 and a tight stop, unlike the training loss.
-METRIC_TOL = 1e-3
-METRIC_MAX_ITER = 1000
+#: Solver settings for metrics (float64). The dual value converges much faster than the plan's
+#: marginals: on 1000 CLIP-like pairs (d = 128, blur 0.05) an L1 marginal error of 1e-2 (77
+#: iterations) leaves a relative value error of 6e-5, against 1.3e-5 at 1e-3 (1063 iterations,
+#: 14× slower) — measured against a 1e-4 solve.
+METRIC_TOL = 1e-2
+METRIC_MAX_ITER = 2000
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,22 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["--pretrained", "x.pt", "--output", str(tmp_path)]) == 2
     assert "--pretrained needs --model" in capsys.readouterr().err
     assert main(["--embeddings", str(tmp_path / "missing.npz"), "--output", str(tmp_path)]) == 2
+
+
+def test_caption_pairs_and_the_paraphrase_floor():
+    es = _world(60, 0.8, seed=2, caps_per=3)
+    t1, t2 = es.caption_pairs()
+    torch.testing.assert_close(t1, es.text[0::3])
+    torch.testing.assert_close(t2, es.text[1::3])
+    shuffled = es.replace(text=es.text.flip(0), text_to_image=es.text_to_image.flip(0),
+                          captions=es.captions[::-1])
+    s1, s2 = shuffled.caption_pairs()  # order within an image follows the text order
+    torch.testing.assert_close(s1, es.text[2::3])
+    torch.testing.assert_close(s2, es.text[1::3])
+
+    got = evaluate(_world(300, 0.8, 0), _world(100, 0.8, 1), captioning=False, progress=False)
+    # paraphrases differ only by 0.05 noise: far below the offset image–text gap
+    assert 0.0 < got["gap_paraphrase"] < 0.25 * got["gap_total"]
+    single = _world(100, 0.8, 1, caps_per=1)
+    assert "gap_paraphrase" not in evaluate(_world(300, 0.8, 0), single, captioning=False,
+                                            progress=False)

@@ -105,6 +105,20 @@ class EmbeddingSet:
             raise ValueError(f"images without a caption (e.g. {missing}); cannot pair")
         return self.image, self.text[torch.from_numpy(first)]
 
+    def caption_pairs(self) -> tuple[Tensor, Tensor]:
+        """``(t1, t2)``: the first and second caption of every image that has two or more.
+
+        Both are text, so S_ε(t1, t2) is the gap the text modality has *with itself* between
+        paraphrases of the same images: a floor for the image–text gap of paired data.
+        """
+        owners = self.text_to_image.numpy()
+        order = np.argsort(owners, kind="stable")
+        starts = np.flatnonzero(np.r_[True, owners[order][1:] != owners[order][:-1]])
+        counts = np.diff(np.r_[starts, len(owners)])
+        keep = starts[counts >= 2]
+        first, second = order[keep], order[keep + 1]
+        return self.text[torch.from_numpy(first)], self.text[torch.from_numpy(second)]
+
     def replace(self, **changes: Any) -> EmbeddingSet:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

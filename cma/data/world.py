@@ -2,7 +2,7 @@
 
 Every image shows ONE object on a textured background, described by five attributes:
 
-* shape (the class, 10 classes): circle, square, triangle, star, cross, heart, hexagon,
+* shape (the class, 10 classes): circle, square, triangle, star, cross, heart, arrow,
   diamond, ring, crescent — shapes are drawn with at most ±15° rotation so that a square
   never looks like a diamond (the diamond is also elongated);
 * colour (8): red, orange, yellow, green, blue, purple, pink, white (with a small jitter);
@@ -37,14 +37,14 @@ __all__ = [
 ]
 
 #: Bumped whenever rendering or captions change; part of every cache key built on the world.
-WORLD_VERSION = 5
+WORLD_VERSION = 6
 
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 20000, "val": 1000, "test": 1000}
 
 SHAPES = [
     "circle", "square", "triangle", "star", "cross",
-    "heart", "hexagon", "diamond", "ring", "crescent",
+    "heart", "arrow", "diamond", "ring", "crescent",
 ]
 SHAPE_SYNONYMS = {
     "circle": ["disc", "round disk"],
@@ -53,7 +53,7 @@ SHAPE_SYNONYMS = {
     "star": ["five-pointed star"],
     "cross": ["plus sign"],
     "heart": ["heart shape"],
-    "hexagon": ["six-sided shape"],
+    "arrow": ["arrow shape", "upward arrow"],
     "diamond": ["rhombus"],
     "ring": ["donut", "hoop"],
     "crescent": ["crescent moon"],
@@ -149,8 +149,9 @@ def _polygon(shape: str) -> np.ndarray:
         return np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], float) * 0.82
     if shape == "triangle":
         return ngon(3) * np.array([1.05, 1.0]) + np.array([0.0, 0.2])
-    if shape == "hexagon":
-        return ngon(6, start=0.0)
+    if shape == "arrow":
+        return np.array([[0, -1], [0.95, -0.05], [0.36, -0.05], [0.36, 1], [-0.36, 1],
+                         [-0.36, -0.05], [-0.95, -0.05]], float)
     if shape == "diamond":
         return np.array([[0, -1], [0.58, 0], [0, 1], [-0.58, 0]], float)
     if shape == "star":

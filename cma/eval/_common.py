@@ -8,6 +8,10 @@ from torch import Tensor
 GAP_KEYS: tuple[str, ...] = ("gap_raw", "gap_centroid", "gap_distribution", "gap_total")
 """The four gap metrics of SPEC section 2, in embedding units."""
 
+FLOOR_KEY = "gap_paraphrase"
+"""G_T between the first and second captions of the same test images (text against text): how
+far paired data can be from itself within one modality, a floor for ``gap_total``."""
+
 FRACTION_KEYS: tuple[str, ...] = (
     "zeroshot_top1",
     "zeroshot_top5",
@@ -27,8 +31,9 @@ CAPTION_KEYS: tuple[str, ...] = ("cider", "bleu4", "rougeL")
 TASK_KEYS: tuple[str, ...] = FRACTION_KEYS + CAPTION_KEYS
 """All task metrics (everything but the gaps and ``ari_std``)."""
 
-METRIC_KEYS: tuple[str, ...] = GAP_KEYS + FRACTION_KEYS + ("ari_std",) + CAPTION_KEYS
-"""Every key :func:`cma.eval.evaluate` can return (SPEC section 6 ``METRICS``)."""
+METRIC_KEYS: tuple[str, ...] = (*GAP_KEYS, FLOOR_KEY, *FRACTION_KEYS, "ari_std", *CAPTION_KEYS)
+"""Every key :func:`cma.eval.evaluate` can return (SPEC section 6 ``METRICS``; ``gap_paraphrase``
+only when test images have two captions or more)."""
 
 
 def as_matrix(name: str, t: Tensor | object, *, dim: int | None = None) -> Tensor:

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cma.eval._common import FRACTION_KEYS, GAP_KEYS, TASK_KEYS
+from cma.eval._common import FLOOR_KEY, FRACTION_KEYS, GAP_KEYS, TASK_KEYS
 from cma.eval.captioning import CaptionConfig, caption_metrics, references, train_captioner
 from cma.eval.clustering import joint_ari
 from cma.eval.retrieval import retrieval_recall
@@ -51,8 +51,12 @@ def evaluate_detailed(
     x, y = test.paired()
     gaps = dict(gap_report(x, y, blur=blur, paired=True, normalize=False))
     metrics.update({key: float(gaps[key.removeprefix("gap_")]) for key in GAP_KEYS})
+    t1, t2 = test.caption_pairs()
+    if t1.shape[0] >= 2:
+        metrics[FLOOR_KEY] = float(gap_report(t1, t2, blur=blur, normalize=False).total)
     timed("gaps", t0)
-    _log(progress, "  gaps: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in GAP_KEYS))
+    shown = [k for k in (*GAP_KEYS, FLOOR_KEY) if k in metrics]
+    _log(progress, "  gaps: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in shown))
 
     if test.labels is not None and test.class_text is not None:
         t0 = time.perf_counter()
