@@ -138,3 +138,13 @@ def test_caption_pairs_and_the_paraphrase_floor():
     single = _world(100, 0.8, 1, caps_per=1)
     assert "gap_paraphrase" not in evaluate(_world(300, 0.8, 0), single, captioning=False,
                                             progress=False)
+
+
+def test_protocol_names_what_cached_results_depend_on(monkeypatch):
+    import cma.gaps
+    from cma.eval import protocol
+
+    before = protocol()
+    assert "gap_paraphrase" in before["metric_keys"]
+    monkeypatch.setattr(cma.gaps, "METRIC_TOL", before["gap_tol"] / 10)
+    assert protocol() != before  # a tighter solver must not be served an old cached result

@@ -12,7 +12,7 @@ from cma.eval.captioning import CaptionConfig, caption_metrics, train_captioner
 from cma.eval.clustering import joint_ari
 from cma.eval.report import format_table, write_run_report
 from cma.eval.retrieval import retrieval_recall
-from cma.eval.suite import EvalResult, evaluate, evaluate_detailed, gap_reduction
+from cma.eval.suite import EvalResult, evaluate, evaluate_detailed, gap_reduction, protocol
 from cma.eval.zeroshot import zeroshot_accuracy
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "gap_task_r2",
     "joint_ari",
     "plot_gap_task_scatter",
+    "protocol",
     "retrieval_recall",
     "train_captioner",
     "write_run_report",

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cma.eval._common import FLOOR_KEY, FRACTION_KEYS, GAP_KEYS, TASK_KEYS
+from cma.eval._common import FLOOR_KEY, FRACTION_KEYS, GAP_KEYS, METRIC_KEYS, TASK_KEYS
 from cma.eval.captioning import CaptionConfig, caption_metrics, references, train_captioner
 from cma.eval.clustering import joint_ari
 from cma.eval.retrieval import retrieval_recall
@@ -24,6 +24,26 @@ class EvalResult:
 def _log(progress: bool, msg: str) -> None:
     if progress:
         print(msg, flush=True)
+
+
+#: Bump when the protocol changes in a way the settings below do not show.
+PROTOCOL_VERSION = 2
+
+
+def protocol() -> dict[str, Any]:
+    """What an evaluation's numbers depend on besides the data and the model: key it in caches.
+
+    The version, the metric keys and the gap solver's settings, so that a cached result from
+    an older protocol (other keys, another tolerance) is never served as a current one.
+    """
+    from cma import gaps
+
+    return {
+        "version": PROTOCOL_VERSION,
+        "metric_keys": list(METRIC_KEYS),
+        "gap_tol": gaps.METRIC_TOL,
+        "gap_max_iter": gaps.METRIC_MAX_ITER,
+    }
 
 
 def evaluate_detailed(

@@ -22,7 +22,7 @@ from torch import nn
 
 from cma.curriculum import Curriculum, CurriculumConfig
 from cma.data import EmbeddedWorld, EmbeddingSet, load_dataset
-from cma.eval import evaluate_detailed, gap_reduction
+from cma.eval import evaluate_detailed, gap_reduction, protocol
 from cma.eval.report import format_table, write_run_report
 from cma.gaps import gap_report
 from cma.losses import CMALoss
@@ -43,7 +43,6 @@ from cma.train.loop import Interrupted, Trainer, TrainingDiverged
 from cma.train.plots import plot_training
 
 PROBE_PAIRS = 512
-EVAL_CACHE_VERSION = 1
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -188,7 +187,7 @@ def evaluate_model(
         train_set = embed_dataset(model, preprocess, tokenizer, eval_train, **kw)
     captioning = cfg.captioning and train_set is not None
     settings = [fingerprint(model), fingerprint(test), eval_train and fingerprint(eval_train),
-                cfg.blur, cfg.seed, captioning, EVAL_CACHE_VERSION]  # fmt: skip
+                cfg.blur, cfg.seed, captioning, protocol()]  # fmt: skip
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
     cached = Path(cfg.cache_dir or default_cache_dir()) / "evals" / f"{key}.json"
     if cached.is_file():

@@ -27,9 +27,12 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
+from triton.runtime import Autotuner
 
 #: Rows and columns per tile under the interpreter (small problems, GPU-legal dot shapes).
 INTERPRET_BLOCK = 32
@@ -123,3 +126,34 @@ SQDIST_CONFIGS = [
 #: Rows per step and features per program of the one-pass kernels (centroid, row norms).
 ROWS_BLOCK = 64
 FEATURES_BLOCK = 64
+
+
+@functools.cache
+def _autotuner(kernel: triton.JITFunction, configs: str, key: tuple[str, ...]) -> Autotuner:
+    return triton.autotune(configs=globals()[configs], key=list(key))(kernel)
+
+
+def launch(
+    kernel: triton.JITFunction,
+    configs: str,
+    key: tuple[str, ...],
+    grid: Callable[[dict[str, Any]], tuple[int, ...]],
+    args: tuple[Any, ...],
+    interpret: dict[str, int],
+    **const: Any,
+) -> None:
+    """Run ``kernel[grid](*args, **const)`` with the block sizes of the current regime.
+
+    Interpreter: the fixed blocks ``interpret``. GPU: the autotuner over the config list named
+    ``configs`` (keyed by the argument names ``key``), or its first config with
+    ``CMA_TRITON_AUTOTUNE=0``. ``grid`` maps the block sizes to the launch grid.
+    """
+    if interpreted():
+        kernel[grid(interpret)](*args, **interpret, **const)
+    elif autotune_enabled():
+        _autotuner(kernel, configs, key)[grid](*args, **const)
+    else:
+        conf = globals()[configs][0]
+        kernel[grid(conf.kwargs)](
+            *args, num_warps=conf.num_warps, num_stages=conf.num_stages, **conf.kwargs, **const
+        )

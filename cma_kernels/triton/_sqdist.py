@@ -10,13 +10,10 @@ alongside, and writes the clamped tile once. Offsets are int64 (N·M passes 2³�
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton.runtime import Autotuner
 
 from . import _config
 from ._common import _mma
@@ -78,13 +75,6 @@ def _sqdist_kernel(
     )
 
 
-@functools.cache
-def _tuned_kernel() -> Autotuner:
-    return triton.autotune(configs=_config.SQDIST_CONFIGS, key=["N", "M", "D", "PREC"])(
-        _sqdist_kernel
-    )
-
-
 def sqdist_launch(
     x: Tensor, y: Tensor, x_shift: Tensor | None = None, y_shift: Tensor | None = None
 ) -> Tensor:
@@ -98,20 +88,11 @@ def sqdist_launch(
     prec = _config.dot_precision()
     args = (x, y, xs, ys, out, n, m, d, x.stride(0), y.stride(0), out.stride(0))
     flags = {"HAS_XS": x_shift is not None, "HAS_YS": y_shift is not None, "PREC": prec}
-    if _config.interpreted():
-        block = _config.INTERPRET_BLOCK
-        grid = (triton.cdiv(n, block), triton.cdiv(m, block))
-        _sqdist_kernel[grid](
-            *args, **flags, BLOCK_N=block, BLOCK_M=block, BLOCK_K=_config.interpret_block_k(d)
-        )
-    elif _config.autotune_enabled():
-        _tuned_kernel()[
-            lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))
-        ](*args, **flags)
-    else:
-        conf = _config.SQDIST_CONFIGS[0]
-        grid = (triton.cdiv(n, conf.kwargs["BLOCK_N"]), triton.cdiv(m, conf.kwargs["BLOCK_M"]))
-        _sqdist_kernel[grid](
-            *args, **flags, num_warps=conf.num_warps, num_stages=conf.num_stages, **conf.kwargs
-        )
+    block = _config.INTERPRET_BLOCK
+    _config.launch(
+        _sqdist_kernel, "SQDIST_CONFIGS", ("N", "M", "D", "PREC"),
+        lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"])),
+        args, {"BLOCK_N": block, "BLOCK_M": block, "BLOCK_K": _config.interpret_block_k(d)},
+        **flags,
+    )  # fmt: skip
     return out.to(_config.out_dtype(x))

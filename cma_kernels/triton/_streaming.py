@@ -1,0 +1,131 @@
+r"""The one streaming pass behind the soft-min and the barycenter: online softmax over cost tiles.
+
+For a row cloud R (n_r, d), a column cloud K (n_c, d), their cost terms t, t' (see
+:mod:`._common`) and a column vector h (n_c,), every program takes BLOCK_R rows and streams over
+BLOCK_C column tiles. Each tile's cost C_rc = max(t_r + t'_c − 2⟨R_r, K_c⟩, 0) is recomputed
+from the embeddings (``tl.dot`` over BLOCK_K feature chunks, fp32 accumulation) and turned into
+base-2 scores s_rc = h_c·log2(e) − C_rc·log2(e)/ε, folded into a running maximum m and sum
+l ← l·2^(m−m') + Σ_c 2^(s−m') (FlashAttention's online log-sum-exp). Nothing of size
+(n_r, n_c) is ever written; offsets are int64.
+
+* ``BARY=False`` (soft-min): writes the base-2 log-sum-exp m + log2 l of the columns of its
+  split (grid axis 1), times ``out_scale``; see :mod:`._softmin`.
+* ``BARY=True`` (barycenter): also keeps a (BLOCK_R, BLOCK_V) accumulator of Σ_c 2^(s−m)·K_c
+  for the feature block of grid axis 1, rescaled by 2^(m−m') at every tile (attention's P·V),
+  and writes acc / l; see :mod:`._barycenter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from . import _config
+from ._common import _cost_tile, _mma
+
+
+@triton.jit
+def _stream_kernel(
+    r_ptr,
+    c_ptr,
+    rt_ptr,
+    ct_ptr,
+    h_ptr,
+    out_ptr,
+    NR,
+    NC,
+    D,
+    stride_r,
+    stride_c,
+    stride_o,
+    cols_per_split,
+    scale2,
+    out_scale,
+    PREC: tl.constexpr,
+    BARY: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    """Soft-min: out[split, r] = out_scale·log2 Σ_c 2^(s_rc). Barycenter: out[r, v] = P·K."""
+    pid_r = tl.program_id(0)
+    pid_1 = tl.program_id(1)  # column split (soft-min) or feature block (barycenter)
+    offs_r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = offs_r < NR
+    rt = tl.load(rt_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+    m_i = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    offs_v = pid_1 * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask_v = offs_v < D
+    acc = tl.zeros((BLOCK_R, BLOCK_V), dtype=tl.float32)
+    col0 = 0 if BARY else pid_1.to(tl.int64) * cols_per_split  # the barycenter sees all columns
+    for c0 in range(0, cols_per_split, BLOCK_C):
+        offs_c = col0 + c0 + tl.arange(0, BLOCK_C).to(tl.int64)
+        mask_c = offs_c < NC
+        ct = tl.load(ct_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
+        h = tl.load(h_ptr + offs_c, mask=mask_c, other=float("-inf")).to(tl.float32)
+        cost = _cost_tile(
+            r_ptr, c_ptr, offs_r, offs_c, mask_r, mask_c, rt, ct, D, stride_r, stride_c,
+            PREC, BLOCK_R, BLOCK_C, BLOCK_K,
+        )  # fmt: skip
+        s = h[None, :] * 1.4426950408889634 - cost * scale2
+        s = tl.where(mask_c[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # all −inf so far: no NaN
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if BARY:
+            v = tl.load(
+                c_ptr + offs_c[:, None] * stride_c + offs_v[None, :],
+                mask=mask_c[:, None] & mask_v[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc = _mma(p, v, acc * alpha[:, None], PREC)
+        m_i = m_new
+    if BARY:
+        tl.store(
+            out_ptr + offs_r[:, None] * stride_o + offs_v[None, :],
+            acc / l_i[:, None],
+            mask=mask_r[:, None] & mask_v[None, :],
+        )
+    else:
+        lse2 = m_i + tl.log2(l_i)
+        tl.store(out_ptr + pid_1.to(tl.int64) * NR + offs_r, lse2 * out_scale, mask=mask_r)
+
+
+#: Autotuning key of both roles.
+KEY = ("NR", "NC", "D", "PREC", "BARY")
+
+
+def stream(
+    rows: Tensor,
+    cols: Tensor,
+    rt: Tensor,
+    ct: Tensor,
+    h: Tensor,
+    out: Tensor,
+    *,
+    eps: float,
+    bary: bool,
+    grid: Callable[[dict[str, Any]], tuple[int, ...]],
+    cols_per_split: int,
+    configs: str,
+    interpret: dict[str, int],
+    out_scale: float = 1.0,
+) -> None:
+    """Launch :func:`_stream_kernel` in one role on contiguous clouds (see the two callers)."""
+    n_r, d = rows.shape
+    stride_o = out.stride(0) if bary else 0
+    args = (rows, cols, rt, ct, h.contiguous(), out, n_r, cols.shape[0], d, rows.stride(0))
+    args += (cols.stride(0), stride_o, cols_per_split, _config.LOG2E / eps, out_scale)
+    extra = {} if bary else {"BLOCK_V": 16}  # the soft-min keeps no accumulator
+    prec = _config.dot_precision()
+    _config.launch(
+        _stream_kernel, configs, KEY, grid, args, interpret, PREC=prec, BARY=bary, **extra
+    )
