@@ -209,7 +209,7 @@ def _rounds(op: str, n: int, call_s: float | None) -> tuple[int, int]:
     if op in ("sqdist", "centroid"):
         return (10, 1) if n <= 4096 else (3, 1)
     if op == "train":
-        return 4, 0  # after one untimed step; the first timed step gives the memory
+        return 10, 0  # after one untimed step; the first timed step gives the memory
     if n <= 256:
         return 5, 1
     if n <= 1024 or ctx_is_cuda():
