@@ -246,19 +246,25 @@ def _sinkhorn_backward(
     bary_x = cost_xy.barycenter_rows(log_b + g / eps, eps)  # images of the x_i in ỹ
     bary_y = cost_xy.barycenter_cols(log_a + f / eps, eps)  # images of the ỹ_j in x
     del cost_xy
-    y_shifted = y if shift is None else y + shift
-    a_, b_ = a.unsqueeze(1), b.unsqueeze(1)
-    grad_y_shifted = 2.0 * b_ * (y_shifted - bary_y)
-    if debias:
-        self_x = ops.make_cost(x, x, None, strategy).barycenter_rows(log_a + p / eps, eps)
-        self_y = ops.make_cost(y, y, None, strategy).barycenter_rows(log_b + q / eps, eps)
-        grad_x = 2.0 * a_ * (self_x - bary_x)
-        grad_y = 2.0 * b_ * (y_shifted - y + self_y - bary_y)
+    # The (N, d) and (M, d) buffers are reused in place: the chunked strategy's backward holds
+    # at most four of them (two barycenters, one self barycenter and its block workspace).
+    scale_a, scale_b = (2.0 * grad) * a.unsqueeze(1), (2.0 * grad) * b.unsqueeze(1)
+    if shift is not None:  # Σ_j 2b_j(ỹ_j − B^y_j), without an (M, d) temporary
+        grad_shift = 2.0 * grad * (b @ y - b @ bary_y + b.sum() * shift)
     else:
-        grad_x = 2.0 * a_ * (x - bary_x)
-        grad_y = grad_y_shifted
-    grad_shift = grad_y_shifted.sum(0) if shift is not None else x.new_zeros(x.shape[1])
-    return grad * grad_x, grad * grad_y, grad * grad_shift
+        grad_shift = x.new_zeros(x.shape[1])
+    if debias:
+        grad_x = ops.make_cost(x, x, None, strategy).barycenter_rows(log_a + p / eps, eps)
+        grad_x.sub_(bary_x).mul_(scale_a)  # 2a(B^xx − B^x)
+        del bary_x
+        grad_y = ops.make_cost(y, y, None, strategy).barycenter_rows(log_b + q / eps, eps)
+        grad_y.sub_(bary_y)  # 2b(ỹ − y + B^yy − B^y) = 2b(shift + B^yy − B^y)
+    else:
+        grad_x = bary_x.neg_().add_(x).mul_(scale_a)  # 2a(x − B^x)
+        grad_y = bary_y.neg_().add_(y)  # 2b(ỹ − B^y)
+    if shift is not None:
+        grad_y.add_(shift)
+    return grad_x, grad_y.mul_(scale_b), grad_shift
 
 
 @_sinkhorn_backward.register_fake
