@@ -427,21 +427,25 @@ class _FallbackCMALoss(torch.nn.Module):
 
 @contextlib.contextmanager
 def count_iterations(info: dict[str, Any]) -> Iterator[None]:
-    """Within the block, record our solver's iterations at the final ε (x↔y) in ``info``."""
+    """Within the block, record our solver's last solve in ``info``: iterations at the final ε,
+    reductions (``passes``: kernel launches on the Triton path) and ``sweeps`` (cost entries
+    over B·N·M: the number of full N×M soft-min passes, comparable to GeomLoss's)."""
     from cma_kernels import sinkhorn
 
-    original = sinkhorn._solve_pair
+    original = sinkhorn.solve
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        f, g, iters = original(*args, **kwargs)
-        info["iters"] = iters
-        return f, g, iters
+    def counted(x: Tensor, y: Tensor, *args: Any, **kwargs: Any) -> Any:
+        pot = original(x, y, *args, **kwargs)
+        info["iters"] = pot.iterations
+        info["passes"] = pot.passes
+        info["sweeps"] = pot.cost_entries / (x.shape[0] * x.shape[-2] * y.shape[-2])
+        return pot
 
-    sinkhorn._solve_pair = counted
+    sinkhorn.solve = counted
     try:
         yield
     finally:
-        sinkhorn._solve_pair = original
+        sinkhorn.solve = original
 
 
 def _rel(a: float, b: float) -> float:
