@@ -116,11 +116,13 @@ def data_problems(
 ) -> Tensor:
     """One small device vector of data findings, read later with a single host sync.
 
-    For each cloud: 1 if it holds a NaN/Inf. For each weight vector: NaN/Inf, −min (> 0 if a
-    weight is negative) and the largest deviation of a sum from 1 (``total`` completes a sum
-    over the processes of a sharded problem).
+    For each cloud: 1 if its sum is not finite — the case for every cloud holding a NaN/Inf, at
+    the cost of one fast reduction (an elementwise ``isfinite`` pass costs ~100× more on the
+    CPU). For each weight vector: NaN/Inf, −min (> 0 if a weight is negative) and the largest
+    deviation of a sum from 1 (``total`` completes a sum over the processes of a sharded
+    problem).
     """
-    rows = [(~torch.isfinite(c)).any().to(torch.float64) for c in clouds.values()]
+    rows = [(~torch.isfinite(c.sum())).to(torch.float64) for c in clouds.values()]
     for w in weights.values():
         total_w = total(w.sum(dim=-1))
         rows += [
@@ -151,6 +153,8 @@ def raise_problems(
                 raise ValueError(f"{name}: contains NaN or Inf values{where}")
             rows = c.reshape(-1, c.shape[-1])
             bad = int((~torch.isfinite(rows)).any(dim=1).sum())
+            if bad == 0:
+                raise ValueError(f"{name}: values too large (their sum overflows {c.dtype})")
             raise ValueError(
                 f"{name}: contains NaN or Inf values (in {bad} of {rows.shape[0]} rows)"
             )
