@@ -427,9 +427,12 @@ class _FallbackCMALoss(torch.nn.Module):
 
 @contextlib.contextmanager
 def count_iterations(info: dict[str, Any]) -> Iterator[None]:
-    """Within the block, record our solver's last solve in ``info``: iterations at the final ε,
-    reductions (``passes``: kernel launches on the Triton path) and ``sweeps`` (cost entries
-    over B·N·M: the number of full N×M soft-min passes, comparable to GeomLoss's)."""
+    """Within the block, record the work of the last solve in ``info``.
+
+    Ours: ``iters`` at the final ε, ``passes`` (reductions: kernel launches on the Triton path)
+    and ``sweeps`` (cost entries over B·N·M: full N×M soft-min passes of the forward solve).
+    GeomLoss (tensorized): ``sweeps``, its soft-min calls, each one N×M pass.
+    """
     from cma_kernels import sinkhorn
 
     original = sinkhorn.solve
@@ -441,11 +444,23 @@ def count_iterations(info: dict[str, Any]) -> Iterator[None]:
         info["sweeps"] = pot.cost_entries / (x.shape[0] * x.shape[-2] * y.shape[-2])
         return pot
 
-    sinkhorn.solve = counted
-    try:
+    with contextlib.ExitStack() as stack:
+        sinkhorn.solve = counted
+        stack.callback(setattr, sinkhorn, "solve", original)
+        try:
+            from geomloss._legacy import sinkhorn_samples
+        except ImportError:
+            sinkhorn_samples = None
+        if sinkhorn_samples is not None:
+            softmin = sinkhorn_samples.softmin_tensorized
+
+            def counted_softmin(*args: Any, **kwargs: Any) -> Any:
+                info["sweeps"] = info.get("sweeps", 0) + 1
+                return softmin(*args, **kwargs)
+
+            sinkhorn_samples.softmin_tensorized = counted_softmin
+            stack.callback(setattr, sinkhorn_samples, "softmin_tensorized", softmin)
         yield
-    finally:
-        sinkhorn.solve = original
 
 
 def _rel(a: float, b: float) -> float:
