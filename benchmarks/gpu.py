@@ -481,8 +481,10 @@ def reference(run: Run, state: SinkhornState, n: int) -> dict[str, Any] | None:
     if n > _reference.REF_MAX_N:
         return None
     left = run.left() - s.reserve_s
-    if state.ref_cost is not None:  # dense Newton steps: O(N³)
-        guess = extrapolate(state.ref_cost[1], state.ref_cost[0], n, 3.0)
+    if state.ref_cost is not None:
+        # Dense float64: O(N²) soft-mins and O(N³) Newton solves, the N² part dominating on a
+        # GPU up to N = 16384; the time limit below bounds a guess that was too low.
+        guess = extrapolate(state.ref_cost[1], state.ref_cost[0], n)
         if guess > 0.25 * left:
             state.refs[n] = {"status": "skipped", "note": f"~{guess:.0f} s extrapolated"}
             return state.refs[n]
