@@ -357,17 +357,28 @@ def build(op: str, backend: str, x: Tensor, y: Tensor) -> Case:
     raise ValueError(f"unknown op {op!r}")
 
 
-def build_train(backend: str, dev: str, seed: int = cfg.SEED) -> Case:
+def build_train(
+    backend: str,
+    dev: str,
+    seed: int = cfg.SEED,
+    *,
+    model_name: str | None = None,
+    batch: int | None = None,
+) -> Case:
     """One training step of a small CLIP with ClipLoss (``clip``) or CMALoss (``cma``).
 
     The model is ``cma.models.create_model`` of :func:`benchmarks._config.train_setup` (random
-    weights), AdamW, random images and tokens; bf16 autocast on CUDA, fp32 on CPU.
+    weights; ``model_name`` / ``batch`` override it), AdamW, random images and tokens. On CUDA
+    the model forward runs under bf16 autocast and the loss (the alignment term's solver
+    included) in fp32 on the features cast back; on CPU everything is fp32.
     """
     from open_clip.loss import ClipLoss
 
     from cma.models import create_model
 
-    name, batch = cfg.train_setup(dev)
+    default_name, default_batch = cfg.train_setup(dev)
+    name = model_name or default_name
+    batch = batch or default_batch
     torch.manual_seed(seed)
     model = create_model(name, device=dev)[0].train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -393,7 +404,7 @@ def build_train(backend: str, dev: str, seed: int = cfg.SEED) -> Case:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
             image_features, text_features, logit_scale = model(images, texts)
-            out = loss_fn(image_features, text_features, logit_scale)
+        out = loss_fn(image_features.float(), text_features.float(), logit_scale.float())
         total = out["total"] if isinstance(out, dict) else out
         total.backward()
         opt.step()

@@ -14,6 +14,8 @@ Environment variables (all optional):
 * ``CMA_BENCH_CACHE=0``: ignore and do not write ``benchmarks/.cache`` (the POT worker results
   and computed references).
 * ``CMA_BENCH_TOL`` / ``CMA_BENCH_POT_STOP_THR``: the stopping rules (see ``TOL`` below).
+* ``CMA_BENCH_BLUR=0.05``: the entropic blur (``benchmarks.gpu --dry-run`` uses 0.5: fewer
+  iterations on its tiny CPU problems).
 * ``CMA_BENCH_TRAIN_MODEL`` / ``CMA_BENCH_TRAIN_BATCH``: the training-step case (default
   ``cma-tiny`` at batch 256 on CPU, ``ViT-B-32`` at batch 1024 on CUDA).
 """
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor
 
 #: Entropic blur (ε = blur²) and ε-scaling factor, shared by every backend.
-BLUR = 0.05
+BLUR = float(os.environ.get("CMA_BENCH_BLUR", "0.05"))
 SCALING = 0.5
 #: Our stopping rule for the kernel benchmarks: stop at the final ε once every problem's L1
 #: marginal error is ≤ TOL. 0.3 is set for *equal accuracy* with the best peer (GeomLoss, whose
@@ -54,6 +56,20 @@ DEFAULT_SIZES = (256, 1024, 4096)
 LARGE_SIZES = (16384, 65536)
 
 CACHE_DIR = Path(__file__).resolve().parent / ".cache"
+
+
+def settings() -> dict[str, float | int]:
+    """The solver settings every backend runs with (recorded beside the measurements)."""
+    return {
+        "blur": BLUR,
+        "eps": BLUR**2,
+        "scaling": SCALING,
+        "tol": TOL,
+        "max_iter": MAX_ITER,
+        "pot_stop_thr": POT_STOP_THR,
+        "pot_max_iter": POT_MAX_ITER,
+        "pot_lazy_batch": POT_LAZY_BATCH,
+    }
 
 
 def _env_flag(name: str) -> bool:

@@ -18,7 +18,7 @@ overrides both: ``ieee`` (exact fp32 FMA, slow), ``tf32x3``, ``tf32``, or — op
 than tf32 again — ``fp16`` / ``bf16`` (operands rounded to half precision in registers). Rounding
 the operands only perturbs the cost by ~1e-5 on unit-norm embeddings, and the errors average
 out: emulating round-to-nearest tf32 (bf16) operands in S_ε at N = 1024, d = 512, blur = 0.05
-moved the value by 2.6e-5 (2e-4) relative (ci/gpu_bench.py measures the real kernels). The
+moved the value by 2.6e-5 (2e-4) relative (benchmarks/gpu.py measures the real kernels). The
 interpreter always computes exact fp32 products.
 """
 
