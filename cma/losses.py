@@ -19,6 +19,11 @@ from torch import Tensor, nn
 from cma_kernels import gap_terms
 
 
+def _float32(t: Tensor) -> Tensor:
+    """``t`` in float32 (float64 kept for gradient checks)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class LossTerms(NamedTuple):
     """Unweighted parts of one batch's objective."""
 
@@ -82,7 +87,12 @@ class CMALoss(nn.Module):
     def terms(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor
     ) -> LossTerms:
-        """L_CLIP and the unweighted L_align (on the globally gathered batch under DDP)."""
+        """L_CLIP and the unweighted L_align (on the globally gathered batch under DDP).
+
+        L_CLIP runs as open_clip runs it (under the caller's autocast, if any); L_align and its
+        parts are computed with autocast disabled on float32 features (float64 kept) and are
+        float32 tensors whatever the feature dtype.
+        """
         contrastive = self.clip(image_features, text_features, logit_scale)
         if self.world_size > 1:
             image_features, text_features = gather_features(
@@ -92,9 +102,14 @@ class CMALoss(nn.Module):
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        gaps = gap_terms(image_features, text_features, **self.solver)
-        align = self.lambda_centroid * gaps.centroid + self.lambda_distribution * gaps.distribution
-        return LossTerms(contrastive, align.to(contrastive.dtype), gaps.centroid, gaps.distribution)
+        # L_align in float32 whatever the autocast around us (SPEC §4): the solver's matmuls in
+        # bf16 would move S_ε by ~1e-3 relative, and the custom ops have no autocast rule.
+        with torch.autocast(image_features.device.type, enabled=False):
+            gaps = gap_terms(_float32(image_features), _float32(text_features), **self.solver)
+            align = (
+                self.lambda_centroid * gaps.centroid + self.lambda_distribution * gaps.distribution
+            )
+        return LossTerms(contrastive, align, gaps.centroid, gaps.distribution)
 
     def combine(self, terms: LossTerms, weight: float | None = None) -> dict[str, Tensor]:
         """The output dict for ``terms`` with β = ``weight`` (default ``self.weight``)."""
