@@ -4,8 +4,11 @@
 
 L_CLIP is open_clip's symmetric InfoNCE (``open_clip.loss.ClipLoss``), unchanged; β = α(t)·w(t)
 is set by the curriculum each step (``CMALoss.weight``) or passed per call. Under DDP the
-features are gathered across ranks *with* gradients (open_clip's ``gather_features``) so the
-centroid and Sinkhorn terms see the global batch.
+centroid and Sinkhorn terms see the global batch: by default the solve is sharded across the
+ranks (``cma_kernels``' ``group=``: each rank passes its local features and solves for its own
+points only, per-rank work O(N²·d / W); see docs/sharding.md); with ``shard_alignment=False``
+the features are instead gathered *with* gradients (open_clip's ``gather_features``) and every
+rank solves the whole problem. Both give the same value and the same DDP-averaged gradients.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ class CMALoss(nn.Module):
     weighted (β·L_align), so the two terms add up to ``total``. In open_clip's own training
     loop (which sums the dict's values) build it with ``with_total=False``.
     The unweighted parts of the last call are kept in ``last_terms`` (floats) for logging.
+
+    Under DDP (``world_size > 1``, default process group) ``shard_alignment=True`` (default)
+    shards the alignment solve across the ranks instead of gathering the features; its
+    gradients follow the DDP convention of ``gather_with_grad=True`` (each rank W × the
+    whole-batch gradient of its own features, averaged by DDP), whatever ``gather_with_grad``.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class CMALoss(nn.Module):
         cache_labels: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        shard_alignment: bool = True,
     ) -> None:
         super().__init__()
         self.weight = float(weight)
@@ -75,6 +84,9 @@ class CMALoss(nn.Module):
         self.with_total = with_total
         self.gather_with_grad = gather_with_grad
         self.rank, self.world_size = rank, world_size
+        self.shard_alignment = shard_alignment and world_size > 1
+        if self.shard_alignment:
+            self.solver["group"] = True  # the default process group, as ClipLoss's gathers
         self.clip = ClipLoss(
             local_loss=local_loss,
             gather_with_grad=gather_with_grad,
@@ -94,7 +106,7 @@ class CMALoss(nn.Module):
         float32 tensors whatever the feature dtype.
         """
         contrastive = self.clip(image_features, text_features, logit_scale)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.shard_alignment:
             image_features, text_features = gather_features(
                 image_features,
                 text_features,

@@ -56,6 +56,7 @@ class TrainConfig:
     ramp_frac: float = 0.35
     refresh_every: int = 10
     fused: bool = False
+    shard_alignment: bool = True  # under torchrun: the alignment solve sharded across ranks
     # run
     output: str | None = None
     seed: int = 0
@@ -166,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ramp-frac", type=float, default=d.ramp_frac)
     g.add_argument("--refresh-every", type=int, default=d.refresh_every)
     g.add_argument("--fused", action="store_true", help="fused Triton kernels (CUDA)")
+    g.add_argument(
+        "--no-shard-alignment",
+        dest="shard_alignment",
+        action="store_false",
+        help="under torchrun: gather every rank's features and solve the whole alignment "
+        "problem on each rank (the reference) instead of sharding the solve across ranks",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--output", default=d.output, help="default: runs/<schedule>-a<α>-s<seed>")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -253,7 +253,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     loss = CMALoss(
         weight=0.0, lambda_centroid=cfg.lambda_centroid,
         lambda_distribution=cfg.lambda_distribution, blur=cfg.blur, backend=backend,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, shard_alignment=cfg.shard_alignment,
     )  # fmt: skip
     curriculum = Curriculum(
         CurriculumConfig(
