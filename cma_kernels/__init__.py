@@ -17,6 +17,7 @@ from .functional import (
     gap_terms,
     pairwise_sqdist,
 )
+from .samples_loss import SamplesLoss
 from .sinkhorn import Potentials, epsilon_schedule, sinkhorn_divergence, sinkhorn_potentials
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CostOperator",
     "GapTerms",
     "Potentials",
+    "SamplesLoss",
     "centroid_stats",
     "distribution_gap_loss",
     "epsilon_schedule",

@@ -245,11 +245,13 @@ def solve(
     backend: str,
     strategy: str = "auto",
     group_id: int = -1,
+    diameter: float | None = None,
 ) -> Potentials:
     """Converged potentials of the x↔(y + shift) problem and, if ``debias``, the self problems.
 
     x (B, N, d), y (B, M, d), a (B, N), b (B, M), shift (B, d) or None. Raises a ValueError
     naming the input if any data check fails (read in the same host sync as the diameter).
+    ``diameter`` (if given) replaces the clouds' measured diameter as the ε-schedule's start.
     """
     make = _cost_factory(backend, strategy, group_id)
     cost = make(x, y, shift)
@@ -262,7 +264,7 @@ def solve(
     _checks.raise_problems(host[1:], clouds, weights, where)
     if not math.isfinite(host[0]):
         raise ValueError("x: the clouds' diameter is not finite (values too large?)")
-    eps_list = epsilon_schedule(host[0], blur, scaling)
+    eps_list = epsilon_schedule(host[0] if diameter is None else diameter, blur, scaling)
     log_a, log_b = _log_weights(a, b, group_id)
     selfs = SelfProblems(make, x, y, _stackable(cost)) if debias else None
     f, g, s, iters = _iterate(
@@ -324,13 +326,14 @@ def _sinkhorn_forward(
     backend: str,
     strategy: str,
     group_id: int,
+    diameter: float | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(value (B,), f, g, p, q): S_ε (or OT_ε) and the converged potentials."""
     with torch.no_grad():
         pot = solve(
             x, y, a, b, shift, blur=blur, scaling=scaling, reach=reach, tol=tol,
             max_iter=max_iter, check_every=check_every, debias=debias, backend=backend,
-            strategy=strategy, group_id=group_id,
+            strategy=strategy, group_id=group_id, diameter=diameter,
         )  # fmt: skip
         log_a, log_b = _log_weights(a, b, group_id)
         total = sharded.total_fn(group_id)
@@ -340,7 +343,7 @@ def _sinkhorn_forward(
 
 @_sinkhorn_forward.register_fake
 def _(x, y, a, b, shift, blur, scaling, reach, tol, max_iter, check_every, debias, backend,
-      strategy, group_id):  # fmt: skip
+      strategy, group_id, diameter):  # fmt: skip
     batch, n, m = x.shape[0], x.shape[1], y.shape[1]
     return (
         x.new_empty(batch),
@@ -412,7 +415,7 @@ def _(grad, x, y, a, b, shift, f, g, p, q, eps, reach, debias, backend, strategy
 
 
 _SETTINGS = ("blur", "scaling", "reach", "tol", "max_iter", "check_every", "debias", "backend",
-             "strategy", "group_id")  # fmt: skip
+             "strategy", "group_id", "diameter")  # fmt: skip
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -503,6 +506,7 @@ def sinkhorn_divergence(
     strategy: str = "auto",
     shift: Tensor | None = None,
     group: object = None,
+    diameter: float | None = None,
 ) -> Tensor:
     r"""Debiased Sinkhorn divergence S_ε(x, y) (or OT_ε(x, y) with ``debias=False``).
 
@@ -531,6 +535,8 @@ def sinkhorn_divergence(
             value, and the gradients of its own points scaled by the number of processes (so
             that DDP's gradient averaging yields the whole batch's gradient). See
             :mod:`cma_kernels.sharded`.
+        diameter: start of the ε-schedule (ε₀ = diameter²) instead of the clouds' measured
+            bounding-box diagonal (GeomLoss's ``diameter``).
 
     Returns:
         A 0-dim tensor (shape (B,) for batched inputs), float64 for float64 inputs, else
@@ -540,7 +546,7 @@ def sinkhorn_divergence(
     settings = _solver_settings(blur, scaling, reach, tol, max_iter, check_every, prob.x)
     value, *_ = _sinkhorn_forward(
         prob.x, prob.y, prob.a, prob.b, prob.shift, *settings, debias, prob.backend, strategy,
-        prob.group_id,
+        prob.group_id, None if diameter is None else _checks.check_positive("diameter", diameter),
     )  # fmt: skip
     return value if prob.batched else value[0]
 
@@ -581,6 +587,7 @@ def sinkhorn_potentials(
     check_every: int | None = None,
     backend: str = "auto",
     strategy: str = "auto",
+    diameter: float | None = None,
 ) -> Potentials:
     """The converged dual potentials (no gradient) of :func:`sinkhorn_divergence`'s problem.
 
@@ -596,4 +603,5 @@ def sinkhorn_potentials(
             prob.x, prob.y, prob.a, prob.b, None, blur=blur, scaling=scaling, reach=reach,
             tol=tol, max_iter=max_iter, check_every=check_every, debias=debias,
             backend=prob.backend, strategy=strategy,
+            diameter=None if diameter is None else _checks.check_positive("diameter", diameter),
         )  # fmt: skip
