@@ -22,50 +22,62 @@ from ._softmin import softmin
 
 
 class TritonCost(CostOperator):
-    """Reductions over C_ij = ‖x_i − (y_j + shift)‖² by fused Triton kernels, no (N, M) buffer."""
+    """Reductions over C_bij = ‖x_bi − (y_bj + shift_b)‖² by fused Triton kernels, no (N, M) buffer.
+
+    Batched clouds (B, N, d) run one streaming launch per batch item (B = 1 for a CLIP batch;
+    the stacked self problems are B = 2).
+    """
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
-        # The base class would build y + shift eagerly; the kernels never need that copy.
-        self.x = x.contiguous()
-        self.y = self.x if y is x else y.contiguous()
-        self.shift = None if shift is None else shift.contiguous()
-        self.u = _common.rowterm(self.x, self.shift, _common.MODE_MINUS_TWO_SHIFT)
-        if self.y is self.x and self.shift is None:
-            self.v = self.u  # self problem x↔x: one prologue
-        else:
-            self.v = _common.rowterm(self.y, self.shift, _common.MODE_PLUS_SHIFT)
+        x = x.contiguous()
+        y = x if y is x else y.contiguous()
+        super().__init__(x, y, None if shift is None else shift.contiguous())
+        self.u, self.v = [], []
+        for b in range(self.batch):
+            s = None if self.shift is None else self.shift[b]
+            u = _common.rowterm(self.x[b], s, _common.MODE_MINUS_TWO_SHIFT)
+            self_problem = self.y is self.x and s is None
+            v = u if self_problem else _common.rowterm(self.y[b], s, _common.MODE_PLUS_SHIFT)
+            self.u.append(u)
+            self.v.append(v)
 
-    @property
-    def y_shifted(self) -> Tensor:  # type: ignore[override]
-        """y + shift, materialised on demand only (the kernels never use it)."""
-        return self.y if self.shift is None else self.y + self.shift
+    def _each(self, fn, h: Tensor) -> Tensor:
+        return torch.stack([fn(b, h[b]) for b in range(self.batch)])
 
-    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        """f_i = −ε·log Σ_j exp(h_j − C_ij/ε), shape (N,)."""
-        return softmin(self.x, self.y, self.u, self.v, h, eps)
+    def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        """f_bi = −ε·log Σ_j exp(h_bj − C_bij/ε), shape (B, N)."""
+        return self._each(
+            lambda b, hb: softmin(self.x[b], self.y[b], self.u[b], self.v[b], hb, eps), h
+        )
 
-    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        """g_j = −ε·log Σ_i exp(h_i − C_ij/ε), shape (M,)."""
-        return softmin(self.y, self.x, self.v, self.u, h, eps)
+    def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        """g_bj = −ε·log Σ_i exp(h_bi − C_bij/ε), shape (B, M)."""
+        return self._each(
+            lambda b, hb: softmin(self.y[b], self.x[b], self.v[b], self.u[b], hb, eps), h
+        )
 
-    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        """Σ_j softmax_j(h_j − C_ij/ε)·(y_j + shift), shape (N, d)."""
-        out = barycenter(self.x, self.y, self.u, self.v, h, eps)
-        return out if self.shift is None else out.add_(self.shift)
+    def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        """Σ_j softmax_j(h_bj − C_bij/ε)·(y_bj + shift_b), shape (B, N, d)."""
+        out = self._each(
+            lambda b, hb: barycenter(self.x[b], self.y[b], self.u[b], self.v[b], hb, eps), h
+        )
+        return out if self.shift is None else out.add_(self.shift.unsqueeze(-2))
 
-    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        """Σ_i softmax_i(h_i − C_ij/ε)·x_i, shape (M, d)."""
-        return barycenter(self.y, self.x, self.v, self.u, h, eps)
+    def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        """Σ_i softmax_i(h_bi − C_bij/ε)·x_bi, shape (B, M, d)."""
+        return self._each(
+            lambda b, hb: barycenter(self.y[b], self.x[b], self.v[b], self.u[b], hb, eps), h
+        )
 
-    def diameter(self) -> float:
-        """Bounding-box diagonal of x ∪ (y + shift), from per-cloud extrema (no concatenation)."""
+    def diameter(self) -> Tensor:
+        """Largest bounding-box diagonal of x_b ∪ (y_b + shift_b), a 0-dim tensor (no sync)."""
         dt = torch.promote_types(self.x.dtype, torch.float32)
-        hi_y, lo_y = self.y.amax(0).to(dt), self.y.amin(0).to(dt)
+        hi_y, lo_y = self.y.amax(-2).to(dt), self.y.amin(-2).to(dt)
         if self.shift is not None:
             hi_y, lo_y = hi_y + self.shift, lo_y + self.shift
-        hi = torch.maximum(self.x.amax(0).to(dt), hi_y)
-        lo = torch.minimum(self.x.amin(0).to(dt), lo_y)
-        return float((hi - lo).norm())
+        hi = torch.maximum(self.x.amax(-2).to(dt), hi_y)
+        lo = torch.minimum(self.x.amin(-2).to(dt), lo_y)
+        return (hi - lo).norm(dim=-1).amax()
 
 
 def make_cost(
