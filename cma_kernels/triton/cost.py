@@ -1,6 +1,9 @@
 r"""``TritonCost``: the fused-kernel implementation of :class:`cma_kernels.cost.CostOperator`.
 
-C_ij = ‖x_i − (y_j + s)‖² is never stored. Construction runs two O((N + M)·d) prologue kernels,
+C_ij = ‖x_i − (y_j + s)‖² is never stored. Construction packs both clouds for the kernels
+(:func:`._common.pack`: aligned rows, features padded to a multiple of 16, TF32 hi/lo parts at
+tf32x3 — two extra fp32 copies of each fp32 cloud — or one fp16/bf16 rounding at those
+precisions; the precision is fixed at construction) and runs two O((N + M)·d) prologue kernels,
 
     u_i = ‖x_i‖² − 2⟨x_i, s⟩,     v_j = ‖y_j + s‖²,     so  C_ij = max(u_i + v_j − 2⟨x_i, y_j⟩, 0),
 
@@ -16,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..cost import CostOperator
-from . import _common
+from . import _common, _config
 from ._barycenter import barycenter
 from ._softmin import softmin
 
@@ -26,14 +29,24 @@ class TritonCost(CostOperator):
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
         # The base class would build y + shift eagerly; the kernels never need that copy.
+        if x.dtype != y.dtype:  # one operand type for both clouds
+            dt = torch.promote_types(x.dtype, y.dtype)
+            x, y = x.to(dt), y.to(dt)
         self.x = x.contiguous()
         self.y = self.x if y is x else y.contiguous()
         self.shift = None if shift is None else shift.contiguous()
-        self.u = _common.rowterm(self.x, self.shift, _common.MODE_MINUS_TWO_SHIFT)
+        self.d = x.shape[-1]
+        self.dtype = _config.out_dtype(self.x)
+        self.prec = _config.dot_precision()
+        self._xk = _common.pack(self.x, self.prec)
+        self._yk = self._xk if self.y is self.x else _common.pack(self.y, self.prec)
+        width = self._xk[0].shape[-1]
+        s = None if self.shift is None else _common.pad_shift(self.shift, width)
+        self.u = _common.rowterm(self._xk, s, _common.MODE_MINUS_TWO_SHIFT)
         if self.y is self.x and self.shift is None:
             self.v = self.u  # self problem x↔x: one prologue
         else:
-            self.v = _common.rowterm(self.y, self.shift, _common.MODE_PLUS_SHIFT)
+            self.v = _common.rowterm(self._yk, s, _common.MODE_PLUS_SHIFT)
 
     @property
     def y_shifted(self) -> Tensor:  # type: ignore[override]
@@ -42,20 +55,20 @@ class TritonCost(CostOperator):
 
     def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
         """f_i = −ε·log Σ_j exp(h_j − C_ij/ε), shape (N,)."""
-        return softmin(self.x, self.y, self.u, self.v, h, eps)
+        return softmin(self._xk, self._yk, self.u, self.v, h, eps, self.dtype, self.prec)
 
     def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
         """g_j = −ε·log Σ_i exp(h_i − C_ij/ε), shape (M,)."""
-        return softmin(self.y, self.x, self.v, self.u, h, eps)
+        return softmin(self._yk, self._xk, self.v, self.u, h, eps, self.dtype, self.prec)
 
     def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
         """Σ_j softmax_j(h_j − C_ij/ε)·(y_j + shift), shape (N, d)."""
-        out = barycenter(self.x, self.y, self.u, self.v, h, eps)
+        out = barycenter(self._xk, self._yk, self.u, self.v, h, eps, self.d, self.dtype, self.prec)
         return out if self.shift is None else out.add_(self.shift)
 
     def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
         """Σ_i softmax_i(h_i − C_ij/ε)·x_i, shape (M, d)."""
-        return barycenter(self.y, self.x, self.v, self.u, h, eps)
+        return barycenter(self._yk, self._xk, self.v, self.u, h, eps, self.d, self.dtype, self.prec)
 
     def diameter(self) -> float:
         """Bounding-box diagonal of x ∪ (y + shift), from per-cloud extrema (no concatenation)."""
