@@ -17,16 +17,18 @@ import math
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
 import cma_kernels
 from cma_kernels import reference
 from cma_kernels import triton as tk
-from cma_kernels.triton import _config
+from cma_kernels.triton import _common, _config
 
 pytestmark = pytest.mark.triton
 
-#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu.sh).
+#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu_check.sh).
 DEVICE = "cpu" if _config.interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA device", allow_module_level=True)
@@ -81,10 +83,12 @@ class Unbatched:
         self.op = op
 
     def __getattr__(self, name: str):
-        method = getattr(self.op, name)
+        attr = getattr(self.op, name)
         if name == "diameter":
-            return lambda: float(method())
-        return lambda h, eps: method(h[None], eps)[0]
+            return lambda: float(attr())
+        if name.startswith(("softmin_", "barycenter_")):
+            return lambda h, eps: attr(h[None], eps)[0]
+        return attr
 
 
 def make_tc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
@@ -368,25 +372,111 @@ def test_custom_ops_pass_opcheck() -> None:
     torch.library.opcheck(ops._centroid_op, (x, y, weights(N, 32), weights(M, 33)))
 
 
-def test_fp16_operand_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CMA_TRITON_DOT_PRECISION=fp16: operands rounded to fp16, fp32 accumulation.
+# ----------------------------------------------------------------------------- dot precisions
 
-    (The interpreter computes bf16 dots wrongly, so bf16 is checked on the GPU only.)
-    """
+#: Precisions the interpreter runs (it computes bf16 dots wrongly: bf16 is checked on a GPU).
+PRECISIONS = ["tf32x3", "tf32", "fp16"] + ([] if _config.interpreted() else ["bf16"])
+HALF_DTYPES = [torch.float16] + ([] if _config.interpreted() else [torch.bfloat16])
+
+
+def _set_precision(monkeypatch: pytest.MonkeyPatch, prec: str) -> None:
+    """Select a dot precision (the interpreter otherwise always runs exact ``ieee`` products)."""
     if _config.interpreted():
-        monkeypatch.setattr(_config, "dot_precision", lambda: "fp16")
+        monkeypatch.setattr(_config, "dot_precision", lambda: prec)
     else:
-        monkeypatch.setenv("CMA_TRITON_DOT_PRECISION", "fp16")
-    x, y, shift = _pair(torch.float32)
+        monkeypatch.setenv("CMA_TRITON_DOT_PRECISION", prec)
+
+
+@pytest.mark.parametrize("prec", PRECISIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
+def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch.dtype) -> None:
+    """Every selectable precision on fp32 and half clouds.
+
+    Exact products (fp32 tolerance, ε = 0.0025): tf32x3 (pre-split TF32 hi/lo operands, p split
+    in the kernel), half clouds at tf32 (native fp16/bf16 products), and the cost of fp16 (bf16)
+    clouds at fp16 (bf16). Rounded operands (atol 1e-2): the other fp16/bf16 cases, and fp32
+    clouds at tf32 on a GPU; their barycenters at ε = 0.25 (rounding the cost by ~1e-3 moves a
+    plan at ε = 0.0025 by e^0.4).
+    """
+    _set_precision(monkeypatch, prec)
+    x, y, shift = _pair(dtype, d=40)
     tc = make_tc(x, y, shift)
+    assert tc.prec == prec
     rc = make_rc(x.double(), y.double(), shift.double())
-    torch.testing.assert_close(
-        tk.sqdist(x, y).double(), reference.sqdist(x.double(), y.double()), rtol=0, atol=2e-3
-    )
+    tf32_exact = dtype != torch.float32 or _config.interpreted()
+    exact_cost = prec == "tf32x3" or (prec == "tf32" and tf32_exact) or prec == _DTYPE_NAME[dtype]
+    exact_plan = prec == "tf32x3" or (prec == "tf32" and tf32_exact)
     hb, ha = _potentials(0.0025)
     for got, want in (
         (tc.softmin_rows(hb, 0.0025), rc.softmin_rows(hb.double(), 0.0025)),
         (tc.softmin_cols(ha, 0.0025), rc.softmin_cols(ha.double(), 0.0025)),
-        (tc.barycenter_rows(hb, 0.0025), rc.barycenter_rows(hb.double(), 0.0025)),
     ):
-        torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
+        if exact_cost:
+            close(got, want, dtype)
+        else:
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
+    eps = 0.0025 if exact_plan else 0.25
+    hb, ha = _potentials(eps)
+    for got, want in (
+        (tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps)),
+        (tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps)),
+    ):
+        if exact_plan:
+            close(got, want, dtype)
+        else:
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
+    exact_sqdist = prec == "tf32x3" or (prec == "tf32" and _config.interpreted())
+    got, want = tk.sqdist(x, y), reference.sqdist(x.double(), y.double())
+    if exact_sqdist:
+        close(got, want, dtype, scale=4.0)
+    else:
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-3)
+
+
+_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+# ----------------------------------------------------------------------------- operands
+
+
+def test_pack_pads_aligns_rounds_and_keeps_ready_clouds() -> None:
+    x = cloud(N, 40, 40)
+    xp, lo = _common.pack(x, "tf32")
+    assert lo is None and xp.shape == (N, 48) and xp.is_contiguous()
+    assert xp.data_ptr() % (_common.ALIGN * 4) == 0
+    assert torch.equal(xp[:, :40], x) and bool((xp[:, 40:] == 0).all())
+    z = cloud(N, 32, 41)
+    assert _common.pack(z, "tf32")[0] is z  # contiguous, aligned, d multiple of 16: no copy
+    view = cloud(N, 48, 42)[:, 8:40]  # strided view
+    zp = _common.pack(view, "tf32")[0]
+    assert zp.is_contiguous() and torch.equal(zp, view)
+    assert _common.pack(x.double(), "tf32")[0].dtype == torch.float32
+    for prec, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        zq, none = _common.pack(z, prec)
+        assert none is None and zq.dtype == dt and torch.equal(zq, z.to(dt))  # one rounding
+    assert _common.pack(z.half(), "tf32x3")[1] is None  # half clouds are exact in TF32
+    hi, lo = _common.pack(x, "tf32x3")
+    assert hi.shape == lo.shape == (N, 48) and torch.equal(hi[:, :40] + lo[:, :40], x)
+
+
+def test_tf32_split_rounds_to_nearest() -> None:
+    z = torch.cat([cloud(N, 40, 43).flatten() * 3.0, torch.tensor([0.0, -1.0, 1e-30, 7.5e4])])
+    hi, lo = _common.tf32_split(z)
+    assert torch.equal(hi + lo, z)  # the split is exact
+    assert bool(((hi.view(torch.int32) & 0x1FFF) == 0).all())  # 10 mantissa bits
+    assert bool((lo.abs() <= hi.abs() * 2.0**-11).all())  # nearest: |lo| ≤ half a TF32 ulp
+
+
+@triton.jit
+def _tf32_hi_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(out_ptr + offs, _common._tf32_hi(tl.load(x_ptr + offs)))
+
+
+def test_kernel_tf32_rounding_matches_its_torch_twin() -> None:
+    """``_tf32_hi`` (the barycenter's in-kernel split of p) rounds exactly as ``tf32_split``."""
+    p = torch.rand(256, generator=torch.Generator().manual_seed(44)).to(DEVICE)
+    p[:4] = torch.tensor([0.0, 1.0, 2.0**-20, 0.99999994])
+    out = torch.empty_like(p)
+    _tf32_hi_kernel[(1,)](p, out, BLOCK=256)
+    assert torch.equal(out, _common.tf32_split(p)[0])

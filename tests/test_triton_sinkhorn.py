@@ -264,7 +264,8 @@ def test_no_n_by_m_allocation(backend: str) -> None:
         assert quadratic, "instrumentation saw no N×M tensor on the reference path"
     else:
         assert not quadratic, quadratic[:5]
-        assert max(torch.Size(s).numel() for _, s in rec.shapes) <= max(n, m) * 8
+        # (the kernels' operands pad d = 8 to a multiple of 16: triton._common.pack)
+        assert max(torch.Size(s).numel() for _, s in rec.shapes) <= max(n, m) * 16
 
 
 # ----------------------------------------------------------------------------- torch.compile

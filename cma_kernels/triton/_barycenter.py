@@ -21,23 +21,32 @@ import triton
 from torch import Tensor
 
 from . import _config
+from ._common import Operand
 from ._streaming import stream
 
 
-def barycenter(rows: Tensor, cols: Tensor, rt: Tensor, ct: Tensor, h: Tensor, eps: float) -> Tensor:
-    """out_r = Σ_c softmax_c(h_c − C_rc/ε)·cols_c for contiguous clouds, shape (n_r, d).
+def barycenter(
+    rows: Operand,
+    cols: Operand,
+    rt: Tensor,
+    ct: Tensor,
+    h: Tensor,
+    eps: float,
+    d: int,
+    dtype: torch.dtype,
+    prec: str,
+) -> Tensor:
+    """out_r = Σ_c softmax_c(h_c − C_rc/ε)·cols_c for packed clouds of d features, (n_r, d).
 
-    float64 for float64 ``rows`` (computed in fp32), else float32.
+    Of ``dtype``, computed in fp32 (the points' TF32 hi + lo parts when split).
     """
-    n_r, d = rows.shape
-    n_c = cols.shape[0]
-    out = torch.empty((n_r, d), dtype=torch.float32, device=rows.device)
-    block_k = _config.interpret_block_k(d)
+    n_r, width = rows[0].shape
+    out = torch.empty((n_r, d), dtype=torch.float32, device=rt.device)
+    block_k = _config.interpret_block_k(width)
     block = _config.INTERPRET_BLOCK
     stream(
-        rows, cols, rt, ct, h, out, eps=eps, bary=True, cols_per_split=n_c,
-        configs="BARYCENTER_CONFIGS",
+        rows, cols, rt, ct, h, out, eps=eps, bary=True, prec=prec, cols_per_split=cols[0].shape[0],
         grid=lambda meta: (triton.cdiv(n_r, meta["BLOCK_R"]), triton.cdiv(d, meta["BLOCK_V"])),
         interpret={"BLOCK_R": block, "BLOCK_C": block, "BLOCK_K": block_k, "BLOCK_V": block_k},
     )  # fmt: skip
-    return out.to(_config.out_dtype(rows))
+    return out.to(dtype)

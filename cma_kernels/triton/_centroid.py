@@ -70,6 +70,11 @@ def _centroid_kernel(
 GPU_BLOCK_D = 16
 
 
+def gpu_config() -> triton.Config:
+    """Blocks, warps and stages of :func:`_centroid_kernel` on a GPU."""
+    return _config.cfg(4, 2, BLOCK_R=_config.ROWS_BLOCK, BLOCK_D=GPU_BLOCK_D)
+
+
 def centroid_launch(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(μ_x (d,), μ_y (d,), ‖μ_x − μ_y‖² ()) — fp32, or float64 for float64 x."""
     x, y = x.contiguous(), y.contiguous()
@@ -79,26 +84,12 @@ def centroid_launch(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor,
     mu_x = torch.empty(d, dtype=torch.float32, device=x.device)
     mu_y = torch.empty(d, dtype=torch.float32, device=x.device)
     gap = torch.zeros((), dtype=torch.float32, device=x.device)
-    if _config.interpreted():
-        block_r, block_d = _config.INTERPRET_BLOCK, _config.interpret_block_k(d)
-    else:
-        block_r, block_d = _config.ROWS_BLOCK, GPU_BLOCK_D
-    grid = (triton.cdiv(d, block_d),)
+    block_d = _config.interpret_block_k(d)
+    conf = _config.one_pass_config(gpu_config(), BLOCK_R=_config.INTERPRET_BLOCK, BLOCK_D=block_d)
+    grid = (triton.cdiv(d, conf.kwargs["BLOCK_D"]),)
     _centroid_kernel[grid](
-        x,
-        y,
-        a,
-        b,
-        mu_x,
-        mu_y,
-        gap,
-        n,
-        m,
-        d,
-        x.stride(0),
-        y.stride(0),
-        BLOCK_R=block_r,
-        BLOCK_D=block_d,
-    )
+        x, y, a, b, mu_x, mu_y, gap, n, m, d, x.stride(0), y.stride(0),
+        **conf.all_kwargs(),
+    )  # fmt: skip
     dt = _config.out_dtype(x)
     return mu_x.to(dt), mu_y.to(dt), gap.to(dt)

@@ -24,6 +24,7 @@ import triton
 from torch import Tensor
 
 from . import _config
+from ._common import Operand
 from ._streaming import stream
 
 
@@ -35,29 +36,37 @@ def _gpu_split(n_rows: int, n_cols: int, device: torch.device) -> int:
     return min(split, triton.cdiv(n_cols, 4 * _config.SOFTMIN_SPLIT_ALIGN))
 
 
-def softmin(rows: Tensor, cols: Tensor, rt: Tensor, ct: Tensor, h: Tensor, eps: float) -> Tensor:
-    """out_r = −ε·log Σ_c exp(h_c − C_rc/ε) for contiguous (n_r, d), (n_c, d) clouds.
+def softmin(
+    rows: Operand,
+    cols: Operand,
+    rt: Tensor,
+    ct: Tensor,
+    h: Tensor,
+    eps: float,
+    dtype: torch.dtype,
+    prec: str,
+) -> Tensor:
+    """out_r = −ε·log Σ_c exp(h_c − C_rc/ε) for packed (n_r, d), (n_c, d) clouds.
 
-    Returns an (n_r,) tensor, float64 for float64 ``rows`` (computed in fp32), else float32.
+    Returns an (n_r,) tensor of ``dtype`` (computed in fp32).
     """
-    n_r, d = rows.shape
-    n_c = cols.shape[0]
+    n_r, width = rows[0].shape
+    n_c = cols[0].shape[0]
     block = _config.INTERPRET_BLOCK
     if _config.interpreted():
         split = max(1, min(_config.INTERPRET_SPLIT, triton.cdiv(n_c, block)))
         align = block
     else:
-        split, align = _gpu_split(n_r, n_c, rows.device), _config.SOFTMIN_SPLIT_ALIGN
+        split, align = _gpu_split(n_r, n_c, rt.device), _config.SOFTMIN_SPLIT_ALIGN
     cols_per_split = triton.cdiv(triton.cdiv(n_c, split), align) * align
     split = triton.cdiv(n_c, cols_per_split)
     out_scale = -eps * _config.LN2 if split == 1 else 1.0
-    out = torch.empty((split, n_r), dtype=torch.float32, device=rows.device)
+    out = torch.empty((split, n_r), dtype=torch.float32, device=rt.device)
     stream(
-        rows, cols, rt, ct, h, out, eps=eps, bary=False, cols_per_split=cols_per_split,
-        out_scale=out_scale, configs="SOFTMIN_CONFIGS",
-        grid=lambda meta: (triton.cdiv(n_r, meta["BLOCK_R"]), split),
-        interpret={"BLOCK_R": block, "BLOCK_C": block, "BLOCK_K": _config.interpret_block_k(d)},
+        rows, cols, rt, ct, h, out, eps=eps, bary=False, prec=prec, cols_per_split=cols_per_split,
+        out_scale=out_scale, grid=lambda meta: (triton.cdiv(n_r, meta["BLOCK_R"]), split),
+        interpret={"BLOCK_R": block, "BLOCK_C": block, "BLOCK_K": _config.interpret_block_k(width)},
     )  # fmt: skip
     # One chunk: the kernel wrote f. Several: merge base-2 LSEs, f = −ε · ln Σ_s 2^{lse2_s}.
     res = out[0] if split == 1 else torch.logsumexp(out * _config.LN2, dim=0).mul_(-eps)
-    return res.to(_config.out_dtype(rows))
+    return res.to(dtype)

@@ -6,6 +6,8 @@ Program (i-block, j-block) walks the feature axis in BLOCK_K chunks: it loads a 
 BLOCK_K) chunk of x and a (BLOCK_K, BLOCK_M) chunk of yᵀ, subtracts the shift chunks in
 registers (no centred copy in memory), accumulates ``tl.dot`` in fp32 and the two squared norms
 alongside, and writes the clamped tile once. Offsets are int64 (N·M passes 2³¹ at N ≈ 46k).
+The clouds and shifts are packed (:func:`._common.pack`: 16-element-aligned rows, zero-padded
+features) so that every load is a vector load.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 
 from . import _config
-from ._common import _mma
+from ._common import _mma, pack
 
 
 @triton.jit
@@ -79,20 +81,23 @@ def sqdist_launch(
     x: Tensor, y: Tensor, x_shift: Tensor | None = None, y_shift: Tensor | None = None
 ) -> Tensor:
     """The (N, M) matrix ‖(x_i − x_shift) − (y_j − y_shift)‖², fp32 (float64 for float64 x)."""
-    x, y = x.contiguous(), y.contiguous()
-    n, d = x.shape
+    dtype = _config.out_dtype(x)
+    if x.dtype != y.dtype:
+        x, y = (z.to(torch.promote_types(x.dtype, y.dtype)) for z in (x, y))
+    (x, _), (y, _) = pack(x, "tf32"), pack(y, "tf32")  # aligned, padded; no split, no rounding
+    n, width = x.shape
     m = y.shape[0]
     out = torch.empty((n, m), dtype=torch.float32, device=x.device)
-    xs = x_shift.contiguous() if x_shift is not None else x
-    ys = y_shift.contiguous() if y_shift is not None else y
+    xs = pack(x_shift.reshape(1, -1), "tf32")[0] if x_shift is not None else x
+    ys = pack(y_shift.reshape(1, -1), "tf32")[0] if y_shift is not None else y
     prec = _config.dot_precision()
-    args = (x, y, xs, ys, out, n, m, d, x.stride(0), y.stride(0), out.stride(0))
+    args = (x, y, xs, ys, out, n, m, width, x.stride(0), y.stride(0), out.stride(0))
     flags = {"HAS_XS": x_shift is not None, "HAS_YS": y_shift is not None, "PREC": prec}
     block = _config.INTERPRET_BLOCK
     _config.launch(
-        _sqdist_kernel, "SQDIST_CONFIGS", ("N", "M", "D", "PREC"),
+        _sqdist_kernel, "sqdist", ("N", "M", "D", "PREC"),
         lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"])),
-        args, {"BLOCK_N": block, "BLOCK_M": block, "BLOCK_K": _config.interpret_block_k(d)},
+        args, {"BLOCK_N": block, "BLOCK_M": block, "BLOCK_K": _config.interpret_block_k(width)},
         **flags,
     )  # fmt: skip
-    return out.to(_config.out_dtype(x))
+    return out.to(dtype)

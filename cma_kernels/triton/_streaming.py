@@ -3,7 +3,8 @@ r"""The one streaming pass behind the soft-min and the barycenter: online softma
 For a row cloud R (n_r, d), a column cloud K (n_c, d), their cost terms t, t' (see
 :mod:`._common`) and a column vector h (n_c,), every program takes BLOCK_R rows and streams over
 BLOCK_C column tiles. Each tile's cost C_rc = max(t_r + t'_c − 2⟨R_r, K_c⟩, 0) is recomputed
-from the embeddings (``tl.dot`` over BLOCK_K feature chunks, fp32 accumulation) and turned into
+from the packed embeddings (``tl.dot`` over BLOCK_K feature chunks, fp32 accumulation; with
+``SPLIT`` three TF32 products of their hi/lo parts, see :mod:`._common`) and turned into
 base-2 scores s_rc = h_c·log2(e) − C_rc·log2(e)/ε, folded into a running maximum m and sum
 l ← l·2^(m−m') + Σ_c 2^(s−m') (FlashAttention's online log-sum-exp). Nothing of size
 (n_r, n_c) is ever written; offsets are int64.
@@ -12,7 +13,7 @@ l ← l·2^(m−m') + Σ_c 2^(s−m') (FlashAttention's online log-sum-exp). Not
   split (grid axis 1), times ``out_scale``; see :mod:`._softmin`.
 * ``BARY=True`` (barycenter): also keeps a (BLOCK_R, BLOCK_V) accumulator of Σ_c 2^(s−m)·K_c
   for the feature block of grid axis 1, rescaled by 2^(m−m') at every tile (attention's P·V),
-  and writes acc / l; see :mod:`._barycenter`.
+  and writes acc / l (D_OUT features; D is the packed width); see :mod:`._barycenter`.
 """
 
 from __future__ import annotations
@@ -20,18 +21,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from . import _config
-from ._common import _cost_tile, _mma
+from ._common import Operand, _cost_tile, _mma, _tf32_hi
 
 
 @triton.jit
 def _stream_kernel(
     r_ptr,
     c_ptr,
+    rlo_ptr,
+    clo_ptr,
     rt_ptr,
     ct_ptr,
     h_ptr,
@@ -39,6 +43,7 @@ def _stream_kernel(
     NR,
     NC,
     D,
+    D_OUT,
     stride_r,
     stride_c,
     stride_o,
@@ -46,6 +51,7 @@ def _stream_kernel(
     scale2,
     out_scale,
     PREC: tl.constexpr,
+    SPLIT: tl.constexpr,
     BARY: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -57,21 +63,21 @@ def _stream_kernel(
     pid_1 = tl.program_id(1)  # column split (soft-min) or feature block (barycenter)
     offs_r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < NR
-    rt = tl.load(rt_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
+    rt = tl.load(rt_ptr + offs_r, mask=mask_r, other=0.0)
     m_i = tl.full((BLOCK_R,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK_R,), dtype=tl.float32)
     offs_v = pid_1 * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask_v = offs_v < D
+    mask_v = offs_v < D_OUT
     acc = tl.zeros((BLOCK_R, BLOCK_V), dtype=tl.float32)
     col0 = 0 if BARY else pid_1.to(tl.int64) * cols_per_split  # the barycenter sees all columns
     for c0 in range(0, cols_per_split, BLOCK_C):
         offs_c = col0 + c0 + tl.arange(0, BLOCK_C).to(tl.int64)
         mask_c = offs_c < NC
-        ct = tl.load(ct_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)
-        h = tl.load(h_ptr + offs_c, mask=mask_c, other=float("-inf")).to(tl.float32)
+        ct = tl.load(ct_ptr + offs_c, mask=mask_c, other=0.0)
+        h = tl.load(h_ptr + offs_c, mask=mask_c, other=float("-inf"))
         cost = _cost_tile(
-            r_ptr, c_ptr, offs_r, offs_c, mask_r, mask_c, rt, ct, D, stride_r, stride_c,
-            PREC, BLOCK_R, BLOCK_C, BLOCK_K,
+            r_ptr, c_ptr, rlo_ptr, clo_ptr, offs_r, offs_c, mask_r, mask_c, rt, ct, D,
+            stride_r, stride_c, PREC, SPLIT, BLOCK_R, BLOCK_C, BLOCK_K,
         )  # fmt: skip
         s = h[None, :] * 1.4426950408889634 - cost * scale2
         s = tl.where(mask_c[None, :], s, float("-inf"))
@@ -81,12 +87,20 @@ def _stream_kernel(
         p = tl.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         if BARY:
-            v = tl.load(
-                c_ptr + offs_c[:, None] * stride_c + offs_v[None, :],
-                mask=mask_c[:, None] & mask_v[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            acc = _mma(p, v, acc * alpha[:, None], PREC)
+            v_off = offs_c[:, None] * stride_c + offs_v[None, :]
+            v_mask = mask_c[:, None] & mask_v[None, :]
+            v = tl.load(c_ptr + v_off, mask=v_mask, other=0.0)
+            acc = acc * alpha[:, None]
+            if PREC == "tf32x3":  # 3xTF32 P·V: p split here, the points' lo part from memory
+                p_hi = _tf32_hi(p)
+                v = v.to(tl.float32)
+                acc = tl.dot(p - p_hi, v, acc, input_precision="tf32")
+                if SPLIT:  # (fp16/bf16 points are exact in TF32: no lo part)
+                    v_lo = tl.load(clo_ptr + v_off, mask=v_mask, other=0.0)
+                    acc = tl.dot(p_hi, v_lo, acc, input_precision="tf32")
+                acc = tl.dot(p_hi, v, acc, input_precision="tf32")
+            else:
+                acc = _mma(p, v, acc, PREC)
         m_i = m_new
     if BARY:
         tl.store(
@@ -103,9 +117,14 @@ def _stream_kernel(
 KEY = ("NR", "NC", "D", "PREC", "BARY")
 
 
+def role_constexprs(bary: bool) -> dict[str, int]:
+    """Constexprs a role fixes beyond its config: the soft-min keeps no accumulator."""
+    return {} if bary else {"BLOCK_V": 16}
+
+
 def stream(
-    rows: Tensor,
-    cols: Tensor,
+    rows: Operand,
+    cols: Operand,
     rt: Tensor,
     ct: Tensor,
     h: Tensor,
@@ -115,17 +134,23 @@ def stream(
     bary: bool,
     grid: Callable[[dict[str, Any]], tuple[int, ...]],
     cols_per_split: int,
-    configs: str,
     interpret: dict[str, int],
+    prec: str,
     out_scale: float = 1.0,
 ) -> None:
-    """Launch :func:`_stream_kernel` in one role on contiguous clouds (see the two callers)."""
-    n_r, d = rows.shape
+    """Launch :func:`_stream_kernel` in one role on clouds packed at ``prec`` (two callers)."""
+    (r, r_lo), (c, c_lo) = rows, cols
+    n_r, width = r.shape
+    split = r_lo is not None
     stride_o = out.stride(0) if bary else 0
-    args = (rows, cols, rt, ct, h.contiguous(), out, n_r, cols.shape[0], d, rows.stride(0))
-    args += (cols.stride(0), stride_o, cols_per_split, _config.LOG2E / eps, out_scale)
-    extra = {} if bary else {"BLOCK_V": 16}  # the soft-min keeps no accumulator
-    prec = _config.dot_precision()
+    h = h.to(torch.float32).contiguous()
+    if h.data_ptr() % 16:  # every pointer 16-byte-aligned: the specialisation compiled and checked
+        h = h.clone()
+    args = (r, c, r_lo if split else r, c_lo if split else c, rt, ct, h, out)
+    args += (n_r, c.shape[0], width, out.shape[1] if bary else width, r.stride(0), c.stride(0))
+    args += (stride_o, cols_per_split, _config.LOG2E / eps, out_scale)
+    role = "barycenter" if bary else "softmin"
     _config.launch(
-        _stream_kernel, configs, KEY, grid, args, interpret, PREC=prec, BARY=bary, **extra
-    )
+        _stream_kernel, role, KEY, grid, args, interpret, PREC=prec, SPLIT=split, BARY=bary,
+        **role_constexprs(bary),
+    )  # fmt: skip

@@ -1,6 +1,10 @@
 r"""``TritonCost``: the fused-kernel implementation of :class:`cma_kernels.cost.CostOperator`.
 
-C_ij = ‖x_i − (y_j + s)‖² is never stored. Construction runs two O((N + M)·d) prologue kernels,
+C_bij = ‖x_bi − (y_bj + s_b)‖² (a batch of B problems) is never stored. Construction packs
+both clouds for the kernels
+(:func:`._common.pack`: aligned rows, features padded to a multiple of 16, TF32 hi/lo parts at
+tf32x3 — two extra fp32 copies of each fp32 cloud — or one fp16/bf16 rounding at those
+precisions; the precision is fixed at construction) and runs two O((N + M)·d) prologue kernels,
 
     u_i = ‖x_i‖² − 2⟨x_i, s⟩,     v_j = ‖y_j + s‖²,     so  C_ij = max(u_i + v_j − 2⟨x_i, y_j⟩, 0),
 
@@ -12,11 +16,13 @@ and — for the barycenter of the rows, whose points are y_j + s — as a final 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ..cost import CostOperator
-from . import _common
+from . import _common, _config
 from ._barycenter import barycenter
 from ._softmin import softmin
 
@@ -29,44 +35,56 @@ class TritonCost(CostOperator):
     """
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
+        same = y is x
+        if x.dtype != y.dtype:  # one operand type for both clouds
+            dt = torch.promote_types(x.dtype, y.dtype)
+            x, y = x.to(dt), y.to(dt)
         x = x.contiguous()
-        y = x if y is x else y.contiguous()
+        y = x if same else y.contiguous()
         super().__init__(x, y, None if shift is None else shift.contiguous())
-        self.u, self.v = [], []
+        self.d = x.shape[-1]
+        self.dtype = _config.out_dtype(self.x)
+        self.prec = _config.dot_precision()
+        self._xk, self._yk, self.u, self.v = [], [], [], []
         for b in range(self.batch):
-            s = None if self.shift is None else self.shift[b]
-            u = _common.rowterm(self.x[b], s, _common.MODE_MINUS_TWO_SHIFT)
-            self_problem = self.y is self.x and s is None
-            v = u if self_problem else _common.rowterm(self.y[b], s, _common.MODE_PLUS_SHIFT)
+            xk = _common.pack(self.x[b], self.prec)
+            yk = xk if same else _common.pack(self.y[b], self.prec)
+            s = None if self.shift is None else _common.pad_shift(self.shift[b], xk[0].shape[-1])
+            u = _common.rowterm(xk, s, _common.MODE_MINUS_TWO_SHIFT)
+            v = u if same and s is None else _common.rowterm(yk, s, _common.MODE_PLUS_SHIFT)
+            self._xk.append(xk)
+            self._yk.append(yk)
             self.u.append(u)
             self.v.append(v)
 
-    def _each(self, fn, h: Tensor) -> Tensor:
+    def _each(self, fn: Callable[[int, Tensor], Tensor], h: Tensor) -> Tensor:
         return torch.stack([fn(b, h[b]) for b in range(self.batch)])
 
     def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
         """f_bi = −ε·log Σ_j exp(h_bj − C_bij/ε), shape (B, N)."""
-        return self._each(
-            lambda b, hb: softmin(self.x[b], self.y[b], self.u[b], self.v[b], hb, eps), h
-        )
+        xk, yk, u, v, dt, prec = self._xk, self._yk, self.u, self.v, self.dtype, self.prec
+        return self._each(lambda b, hb: softmin(xk[b], yk[b], u[b], v[b], hb, eps, dt, prec), h)
 
     def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
         """g_bj = −ε·log Σ_i exp(h_bi − C_bij/ε), shape (B, M)."""
-        return self._each(
-            lambda b, hb: softmin(self.y[b], self.x[b], self.v[b], self.u[b], hb, eps), h
-        )
+        xk, yk, u, v, dt, prec = self._xk, self._yk, self.u, self.v, self.dtype, self.prec
+        return self._each(lambda b, hb: softmin(yk[b], xk[b], v[b], u[b], hb, eps, dt, prec), h)
 
     def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
         """Σ_j softmax_j(h_bj − C_bij/ε)·(y_bj + shift_b), shape (B, N, d)."""
+        xk, yk, u, v, d = self._xk, self._yk, self.u, self.v, self.d
         out = self._each(
-            lambda b, hb: barycenter(self.x[b], self.y[b], self.u[b], self.v[b], hb, eps), h
+            lambda b, hb: barycenter(xk[b], yk[b], u[b], v[b], hb, eps, d, self.dtype, self.prec),
+            h,
         )
         return out if self.shift is None else out.add_(self.shift.unsqueeze(-2))
 
     def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
         """Σ_i softmax_i(h_bi − C_bij/ε)·x_bi, shape (B, M, d)."""
+        xk, yk, u, v, d = self._xk, self._yk, self.u, self.v, self.d
         return self._each(
-            lambda b, hb: barycenter(self.y[b], self.x[b], self.v[b], self.u[b], hb, eps), h
+            lambda b, hb: barycenter(yk[b], xk[b], v[b], u[b], hb, eps, d, self.dtype, self.prec),
+            h,
         )
 
     def diameter(self) -> Tensor:
