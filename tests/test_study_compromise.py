@@ -76,6 +76,11 @@ def test_compromise_found_at_the_first_alpha_that_costs_a_point() -> None:
     none = agg.compromise(agg.summarize(records(dict.fromkeys(ALPHAS, 0.5))))
     assert none["first"] is None and "No compromise within the α range" in compromise_markdown(none)
     assert not agg.compromise({})["available"]
+    noisy = {"kind": "tpc", "alpha": 0.5, "effect": {"zeroshot_top1_drop_points": 1.5},
+             "effect_std": {"zeroshot_top1_drop_points": 2.0}}  # fmt: skip
+    assert agg.compromise({"tpc-a0.5": noisy})["first"] is None  # within the seed noise
+    noisy["effect_std"]["zeroshot_top1_drop_points"] = 0.5
+    assert agg.compromise({"tpc-a0.5": noisy})["first"]["alpha"] == 0.5
 
 
 def test_study_outputs_with_controls(tmp_path: Path) -> None:

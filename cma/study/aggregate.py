@@ -369,8 +369,9 @@ def compromise(
     ``rows``: one per α > 0 of ``kind`` with a control, in increasing α: the gap reduction and
     the excess-gap closure against the control (%), and each task's drop against it (points,
     positive = worse). ``first``: the smallest α whose drop in some task exceeds ``threshold``
-    points (that task and drop, with the gap reduction there), or None — no compromise within
-    the α range. ``available``: some α has a control.
+    points and, where several seeds measured it, its std over seeds (that task and drop, with the
+    gap reduction there), or None — no compromise within the α range. ``available``: some α has
+    a control.
     """
     rows = []
     for g in sorted(
@@ -392,12 +393,14 @@ def compromise(
         )
     first = None
     for r in rows:
-        worst = max(
-            ((t, d) for t, d in r["drops"].items() if math.isfinite(d)),
-            key=lambda td: td[1],
-            default=None,
-        )
-        if worst is not None and worst[1] > threshold:
+        std = r["drops_std"]
+        costs = [
+            (t, d)
+            for t, d in r["drops"].items()
+            if math.isfinite(d) and d > threshold and not (math.isfinite(std[t]) and d <= std[t])
+        ]
+        worst = max(costs, key=lambda td: td[1], default=None)
+        if worst is not None:
             first = {
                 "alpha": r["alpha"],
                 "task": worst[0],

@@ -247,20 +247,21 @@ def compromise_markdown(comp: Mapping[str, Any]) -> str:
         f"α={r['alpha']:g}: gap −{r['gap_reduction_pct']:.1f} %, excess −"
         f"{r['gap_excess_reduction_pct']:.1f} %, "
         + ", ".join(
-            f"{t.replace('retrieval_', 'R@1 ').replace('_r1', '')} {-d:+.2f}"
+            f"{t.replace('retrieval_', 'R@1 ').replace('_r1', '')} {0.0 - d:+.2f}"
             for t, d in r["drops"].items()
         )
         for r in comp["rows"]
     )
     if first is None:
         head = (
-            f"**No compromise within the α range**: no α costs more than {thr:g} point of "
-            f"zero-shot or R@1 against the α = 0 control"
+            f"**No compromise within the α range**: no α costs more than {thr:g} point (and "
+            "more than the seed std) of zero-shot or R@1 against the α = 0 control"
         )
     else:
         head = (
             f"**The compromise appears at α = {first['alpha']:g}**: {first['task']} falls "
-            f"{first['drop_points']:.2f} points below the α = 0 control (more than {thr:g}) "
+            f"{first['drop_points']:.2f} points below the α = 0 control (more than {thr:g} and "
+            "than the seed std) "
             f"while the gap is {first['gap_reduction_pct']:.1f} % smaller than the "
             f"control's ({first['gap_excess_reduction_pct']:.1f} % of the excess over the "
             "paraphrase floor closed)"
