@@ -31,7 +31,7 @@ from cma.data import (
     parse_templates,
 )
 from cma.eval import evaluate_detailed, gap_reduction, protocol
-from cma.eval.report import format_table, write_run_report
+from cma.eval.report import CONTROL, format_table, write_run_report
 from cma.gaps import gap_report
 from cma.losses import CMALoss
 from cma.models import (
@@ -321,7 +321,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                              title=f"TPC-CMA run {output.name}")  # fmt: skip
             columns = {"before": before, "after": after}
             if "control" in metrics:
-                columns = {"before": before, "control (α=0)": metrics["control"], "after": after}
+                columns = {"before": before, CONTROL: metrics["control"], "after": after}
             print("\n" + format_table(columns, markdown=False))
         else:
             (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
