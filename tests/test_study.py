@@ -100,10 +100,21 @@ def test_plan_seeds_and_names() -> None:
     cfg = StudyConfig(output="x", quick=True)
     plan = build_plan(cfg)
     names = [v.name for v in plan]
-    assert len(names) == len(set(names)) == 6 + 2 * 2 + 2 + 3 + 3
+    # α runs + multi-seed runs + constant + one control per (schedule, seed) + base + baselines
+    assert len(names) == len(set(names)) == 5 + 2 * 2 + 2 + (3 + 1) + 3 + 3
     assert {"tpc-a0.05-s2", "tpc-a0.5-s2", "constant-a0.05-s0", "base-s2"} <= set(names)
-    assert "tpc-a0.1-s1" not in names
+    assert {"tpc-control-s0", "tpc-control-s1", "tpc-control-s2", "constant-control-s0"} <= set(
+        names
+    )
+    assert "tpc-a0.1-s1" not in names and "constant-control-s1" not in names
     assert names.index("tpc-a0.5-s0") < names.index("base-s0") < names.index("centering-s0")
+    # each control runs before the runs it is the control of
+    assert names.index("tpc-control-s1") < names.index("tpc-a0.05-s1")
+    assert names.index("constant-control-s0") < names.index("constant-a0.05-s0")
+    assert len(build_plan(StudyConfig(output="x", controls=False))) == len(names) - 4
+    control = train_config(cfg, Variant("tpc", 2, alpha=0.0))
+    assert control.run_name == "tpc-control-s2" and control.alpha_target == 0
+    assert Path(control.output) == Path("x/runs/tpc-control-s2")
     tc = train_config(cfg, Variant("tpc", 1, alpha=0.5))
     assert tc.run_name == "tpc-a0.5-s1" and tc.model == "cma-micro" and tc.resume == "auto"
     assert Path(tc.output) == Path("x/runs/tpc-a0.5-s1")
@@ -208,9 +219,20 @@ def test_finished_variants_are_reused(tmp_path: Path, monkeypatch) -> None:
     fake_train_run([])(train_config(cfg, Variant("tpc", 0, alpha=0.05)))
     records, failures, _ = ex.execute(cfg, say=lambda _: None)
     assert not failures
-    assert sorted(calls) == ["constant-a0.5-s0", "tpc-a0.05-s1", "tpc-a0.5-s0", "tpc-a0.5-s1"]
+    assert sorted(calls) == [
+        "constant-a0.5-s0",
+        "constant-control-s0",
+        "tpc-a0.05-s1",
+        "tpc-a0.5-s0",
+        "tpc-a0.5-s1",
+        "tpc-control-s0",
+        "tpc-control-s1",
+    ]
     by_name = {r["variant"]: r for r in records}
     assert by_name["tpc-a0.05-s0"]["reused"] and not by_name["tpc-a0.5-s0"]["reused"]
+    # every run is given the metrics of its control (same schedule and seed)
+    assert by_name["tpc-a0.5-s1"]["control"] == by_name["tpc-control-s1"]["metrics"]
+    assert by_name["constant-a0.5-s0"]["control"] == by_name["constant-control-s0"]["metrics"]
     # the base model's metrics are the runs' `before`, written as variants of their own
     assert by_name["base-s1"]["metrics"] == pytest.approx(metrics(0.5, 0.8))
     assert (tmp_path / "study" / "runs" / "base-s1" / "metrics.json").is_file()
@@ -218,7 +240,7 @@ def test_finished_variants_are_reused(tmp_path: Path, monkeypatch) -> None:
     calls.clear()
     records2, _, _ = ex.execute(cfg, say=lambda _: None)
     assert calls == [] and all(r["reused"] for r in records2)
-    assert len(records2) == len(records) == 7
+    assert len(records2) == len(records) == 10
 
     changed = StudyConfig(**{**cfg.__dict__, "train": {"steps": 8}})
     with pytest.raises(ex.StudyError, match=r"other settings.*steps"):
@@ -258,8 +280,10 @@ def test_quick_study_end_to_end(tmp_path: Path, monkeypatch) -> None:
     ]
     assert main(argv) == 0
     data = json.loads((out / "study.json").read_text())
-    assert list(data["groups"]) == ["base", "centering", "tpc-a0.5"]
+    assert list(data["groups"]) == ["base", "centering", "tpc-control", "tpc-a0.5"]
+    assert data["groups"]["tpc-a0.5"]["effect"]  # against the control
+    assert data["claims"]["compromise"]["available"]
     assert data["r2"]["all"] and data["claims"]["geometric"]["gd_unchanged"]
-    for name in ("study.md", "tradeoff.png", "pca.png", "gap_task_scatter.png"):
+    for name in ("study.md", "tradeoff.png", "compromise.png", "pca.png", "gap_task_scatter.png"):
         assert (out / name).is_file(), name
     assert main([*argv, "--report-only"]) == 0

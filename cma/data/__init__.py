@@ -20,6 +20,7 @@ from cma.data.coco import CocoCaptions
 from cma.data.csv import CsvCaptions
 from cma.data.embeddings import EmbeddingSet
 from cma.data.imagefolder import ImageFolderCaptions
+from cma.data.options import format_options, load_zeroshot, parse_classnames, parse_templates
 from cma.data.wds import WebDatasetCaptions
 from cma.data.world import ZEROSHOT_TEMPLATES, EmbeddedWorld
 
@@ -36,8 +37,12 @@ __all__ = [
     "ImageFolderCaptions",
     "ImageRecord",
     "WebDatasetCaptions",
+    "format_options",
     "iter_records",
     "load_dataset",
+    "load_zeroshot",
+    "parse_classnames",
+    "parse_templates",
 ]
 
 DATASET_KINDS = ("embedded", "csv", "coco", "imagefolder", "webdataset")

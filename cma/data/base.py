@@ -8,6 +8,7 @@ reference captions of image i; the item's caption is the first). Streaming datas
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import Counter
@@ -20,8 +21,13 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 __all__ = [
-    "GENERIC_TEMPLATES", "CaptionDataset", "FileCaptionDataset", "ImageRecord", "iter_records",
+    "GENERIC_TEMPLATES",
+    "CaptionDataset",
+    "FileCaptionDataset",
+    "ImageRecord",
+    "iter_records",
     "open_rgb",
+    "read_names",
 ]
 
 #: Default zero-shot prompts for real photographs (CLIP-style).
@@ -55,6 +61,23 @@ class ImageRecord:
     path: Path
     captions: tuple[str, ...]
     label: int = -1
+
+
+def read_names(path: str | os.PathLike) -> list[str] | dict[str, str]:
+    """Names from a file: JSON (a list, or an object mapping keys to names), else plain text
+    with one name per non-empty line. FileNotFoundError when it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"names file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            return {str(k): str(v) for k, v in data.items()}
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list or object of names")
+        return [str(v) for v in data]
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:

@@ -4,7 +4,9 @@ As in ``open_clip_train`` the defaults are tab-separated with columns ``filepath
 (``--csv-separator``, ``--csv-img-key``, ``--csv-caption-key``). Rows naming the same image are
 merged into one image with several captions. Relative paths are resolved against ``root``
 (default: the CSV file's folder). An optional ``label_key`` column holds class names or integer
-ids; class names become ``classnames`` (sorted) unless ``classnames`` is given.
+ids; class names become ``classnames`` (sorted) unless ``classnames`` is given (a list, or a text
+file with one name per line, or a JSON list). ``templates`` are the zero-shot prompts of a
+labelled set (default :data:`~cma.data.base.GENERIC_TEMPLATES`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from cma.data.base import FileCaptionDataset, ImageRecord
+from cma.data.base import GENERIC_TEMPLATES, FileCaptionDataset, ImageRecord, read_names
 
 __all__ = ["CsvCaptions"]
 
@@ -31,7 +33,8 @@ class CsvCaptions(FileCaptionDataset):
         img_key: str = "filepath",
         caption_key: str = "title",
         label_key: str | None = None,
-        classnames: Sequence[str] | None = None,
+        classnames: Sequence[str] | str | os.PathLike | None = None,
+        templates: Sequence[str] | None = None,
         root: str | os.PathLike | None = None,
         verify: bool = True,
         on_error: str = "skip",
@@ -39,6 +42,12 @@ class CsvCaptions(FileCaptionDataset):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"CSV file not found: {path}")
+        if isinstance(classnames, (str, os.PathLike)):
+            listed = read_names(classnames)
+            if isinstance(listed, dict):
+                raise ValueError(f"classnames: {classnames} maps names; a CSV needs a list")
+            classnames = listed
+        self.templates = _check_templates(templates or GENERIC_TEMPLATES)
         root = Path(root) if root is not None else path.parent
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter=sep)
@@ -69,9 +78,19 @@ class CsvCaptions(FileCaptionDataset):
             for (image, (caps, _)), label in zip(grouped.items(), labels, strict=True)
         ]
         super().__init__(
-            records, source=f"CSV {path}", classnames=names, verify=verify, on_error=on_error,
+            records,
+            source=f"CSV {path}",
+            classnames=names,
+            verify=verify,
+            on_error=on_error,
             skipped=skipped,
         )
+
+
+def _check_templates(templates: Sequence[str]) -> list[str]:
+    if any("{}" not in t for t in templates):
+        raise ValueError("templates: every template must contain '{}'")
+    return list(templates)
 
 
 def _labels(

@@ -9,12 +9,11 @@ If ``root/<split>`` is a folder (ImageNet-style train/val layout), it is used.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from cma.data.base import GENERIC_TEMPLATES, FileCaptionDataset, ImageRecord
+from cma.data.base import GENERIC_TEMPLATES, FileCaptionDataset, ImageRecord, read_names
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderCaptions"]
 
@@ -23,19 +22,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 def _read_classnames(spec: Sequence[str] | str | os.PathLike, folders: list[str]) -> list[str]:
     if isinstance(spec, (str, os.PathLike)):
-        path = Path(spec)
-        if not path.is_file():
-            raise FileNotFoundError(f"class-names file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            spec = json.loads(text)
-            if isinstance(spec, dict):
-                missing = [f for f in folders if f not in spec]
-                if missing:
-                    raise ValueError(f"{path}: no class name for folders {missing[:5]}")
-                return [str(spec[f]) for f in folders]
-        else:
-            spec = [line.strip() for line in text.splitlines() if line.strip()]
+        read = read_names(spec)
+        if isinstance(read, dict):
+            missing = [f for f in folders if f not in read]
+            if missing:
+                raise ValueError(f"{spec}: no class name for folders {missing[:5]}")
+            return [read[f] for f in folders]
+        spec = read
     names = [str(s) for s in spec]
     if len(names) != len(folders):
         raise ValueError(f"{len(names)} class names given for {len(folders)} class folders")
@@ -64,7 +57,8 @@ class ImageFolderCaptions(FileCaptionDataset):
         if not folders:
             raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
         names = (
-            _read_classnames(classnames, folders) if classnames is not None
+            _read_classnames(classnames, folders)
+            if classnames is not None
             else [f.replace("_", " ") for f in folders]
         )
         self.templates = list(templates or GENERIC_TEMPLATES)
@@ -77,6 +71,9 @@ class ImageFolderCaptions(FileCaptionDataset):
             if p.suffix.lower() in IMAGE_EXTENSIONS
         ]
         super().__init__(
-            records, source=f"image folder {root}", classnames=names, verify=verify,
+            records,
+            source=f"image folder {root}",
+            classnames=names,
+            verify=verify,
             on_error=on_error,
         )

@@ -12,7 +12,14 @@ from cma.eval.captioning import CaptionConfig, caption_metrics, train_captioner
 from cma.eval.clustering import joint_ari
 from cma.eval.report import format_table, write_run_report
 from cma.eval.retrieval import retrieval_recall
-from cma.eval.suite import EvalResult, evaluate, evaluate_detailed, gap_reduction, protocol
+from cma.eval.suite import (
+    EvalResult,
+    evaluate,
+    evaluate_detailed,
+    excess_gap,
+    gap_reduction,
+    protocol,
+)
 from cma.eval.zeroshot import zeroshot_accuracy
 
 __all__ = [
@@ -27,6 +34,7 @@ __all__ = [
     "caption_metrics",
     "evaluate",
     "evaluate_detailed",
+    "excess_gap",
     "format_table",
     "gap_reduction",
     "gap_task_r2",

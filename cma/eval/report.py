@@ -2,7 +2,9 @@
 
 Two layouts of ``metrics_json`` are understood:
 - a training run (SPEC section 6): ``{"backend", "alpha_target", "schedule", "before": METRICS,
-  "after": METRICS, "seconds", ...}`` -> columns ``before`` / ``after`` and a delta column;
+  "after": METRICS, "seconds", ...}`` -> columns ``before`` / ``after`` and a delta column; with
+  its α = 0 control (``"control": METRICS``) a ``control`` column between them and the alignment
+  effect (run − control);
 - an evaluation (``python -m cma.eval``): METRICS at top level for the evaluated model, plus
   optionally ``"baselines": {name: METRICS}`` -> one column per variant.
 """
@@ -24,9 +26,16 @@ import numpy as np
 from cma.eval._common import CAPTION_KEYS, FRACTION_KEYS, GAP_KEYS, METRIC_KEYS
 
 HEADLINE: tuple[str, ...] = (
-    "zeroshot_top1", "retrieval_i2t_r1", "retrieval_t2i_r1", "ari", "cider", "bleu4",
+    "zeroshot_top1",
+    "retrieval_i2t_r1",
+    "retrieval_t2i_r1",
+    "ari",
+    "cider",
+    "bleu4",
 )
 """Task metrics whose changes report.md lists (metrics.json keeps all of them)."""
+CONTROL = "control (α=0)"
+"""Column name of a run's α = 0 control."""
 
 __all__ = ["format_table", "metric_columns", "plot_bars", "plot_pca", "plt", "write_run_report"]
 
@@ -68,15 +77,23 @@ def format_table(
         lines += ["| " + " | ".join(r) + " |" for r in body]
         return "\n".join(lines)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    fmt_row = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                  for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+
+    def fmt_row(r: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+
     return "\n".join([fmt_row(header), "  ".join("-" * w for w in widths), *map(fmt_row, body)])
 
 
 def metric_columns(metrics_json: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """The variants to tabulate: ``before``/``after`` of a run, or the model + its baselines."""
     if "before" in metrics_json and "after" in metrics_json:
-        return {"before": dict(metrics_json["before"]), "after": dict(metrics_json["after"])}
+        cols = {"before": dict(metrics_json["before"])}
+        if isinstance(metrics_json.get("control"), Mapping):
+            cols[CONTROL] = dict(metrics_json["control"])
+        return {**cols, "after": dict(metrics_json["after"])}
     top = {k: float(metrics_json[k]) for k in METRIC_KEYS if k in metrics_json}
     if not top:
         raise ValueError("metrics_json has neither 'before'/'after' nor top-level METRICS keys")
@@ -202,38 +219,83 @@ def write_run_report(
     if task_keys:
         paths["tasks_png"] = plot_bars(cols, out / "tasks.png", task_keys, "task metrics")
     if any(k in m for m in cols.values() for k in CAPTION_KEYS):
-        paths["captioning_png"] = plot_bars(cols, out / "captioning.png", CAPTION_KEYS,
-                                            "captioning from image embeddings")
+        paths["captioning_png"] = plot_bars(
+            cols, out / "captioning.png", CAPTION_KEYS, "captioning from image embeddings"
+        )
     if embeddings:
         paths["pca_png"] = plot_pca(embeddings, out / "pca.png")
 
     md = [f"# {title}", ""]
-    info = {k: v for k, v in metrics_json.items()
-            if k not in METRIC_KEYS and not isinstance(v, (Mapping, list))}
+    info = {
+        k: v
+        for k, v in metrics_json.items()
+        if k not in METRIC_KEYS and not isinstance(v, (Mapping, list))
+    }
     md += [f"- **{k}**: {_fmt(v)}" for k, v in info.items()]
     md += ["", "## Metrics", "", format_table(cols), ""]
     if len(names) >= 2:
         red = {n: gap_reduction(cols[names[0]], cols[n]) for n in names[1:]}
-        rkeys = [k for k in dict.fromkeys(k for r in red.values() for k in r)
-                 if (k.endswith("_reduction_pct") and k != "gap_reduction_pct")
-                 or k.removesuffix("_drop_points").removesuffix("_drop_rel_pct") in HEADLINE]
-        md += [f"## Change against `{names[0]}`", "",
-               "Gap reductions in % (positive = smaller gap); drops in accuracy points and "
-               "relative % (positive = worse).", "", format_table(red, rkeys, delta=False), ""]
+        rkeys = [
+            k
+            for k in dict.fromkeys(k for r in red.values() for k in r)
+            if (k.endswith("_reduction_pct") and k != "gap_reduction_pct")
+            or k.removesuffix("_drop_points").removesuffix("_drop_rel_pct") in HEADLINE
+        ]
+        md += [
+            f"## Change against `{names[0]}`",
+            "",
+            "Gap reductions in % (positive = smaller gap); drops in accuracy points and "
+            "relative % (positive = worse).",
+            "",
+            format_table(red, rkeys, delta=False),
+            "",
+        ]
+    if CONTROL in cols and "after" in cols:
+        effect = gap_reduction(cols[CONTROL], cols["after"])
+        ekeys = [
+            k
+            for k in effect
+            if (k.endswith("_reduction_pct") and k != "gap_reduction_pct")
+            or k.removesuffix("_drop_points").removesuffix("_drop_rel_pct") in HEADLINE
+        ]
+        md += [
+            "## Alignment effect: this run against its α = 0 control",
+            "",
+            f"Control: `{metrics_json.get('control_run', '?')}` (the same run with the "
+            "alignment weight held at 0). Δ = run − control; below it the changes against "
+            "the control (gap and excess-gap reductions in %, drops in points and relative %; "
+            "`gap_excess` = G_T − gap_paraphrase).",
+            "",
+            format_table({"control": cols[CONTROL], "run": cols["after"]}),
+            "",
+            format_table({"run vs control": effect}, ekeys, delta=False),
+            "",
+        ]
     if len(names) >= 3:
         rows = gap_task_r2(cols)
         if rows:
             paths["scatter_png"] = plot_gap_task_scatter(cols, out / "gap_task_scatter.png")
-            md += ["## Gap ↔ task R² across the variants", "", r2_matrix_markdown(rows), "",
-                   f"({len(names)} points per fit; the paper reports R² 0.986 for the "
-                   "distribution gap and 0.691 for the raw gap.)", ""]
+            md += [
+                "## Gap ↔ task R² across the variants",
+                "",
+                r2_matrix_markdown(rows),
+                "",
+                f"({len(names)} points per fit; the paper reports R² 0.986 for the "
+                "distribution gap and 0.691 for the raw gap.)",
+                "",
+            ]
     if details and details.get("captioning"):
         cap = details["captioning"]
-        md += ["## Captioning through the shared space", "",
-               f"Decoder trained on TEXT embeddings; METRICS use `image_{cap['decode']}`. "
-               "`text_greedy` (the decoder fed the text embedding of each image's first "
-               "caption) is the no-gap reference.", "",
-               format_table(cap["scores"], list(CAPTION_KEYS), delta=False), ""]
+        md += [
+            "## Captioning through the shared space",
+            "",
+            f"Decoder trained on TEXT embeddings; METRICS use `image_{cap['decode']}`. "
+            "`text_greedy` (the decoder fed the text embedding of each image's first "
+            "caption) is the no-gap reference.",
+            "",
+            format_table(cap["scores"], list(CAPTION_KEYS), delta=False),
+            "",
+        ]
     if details and details.get("samples"):
         md += ["## Caption samples", ""]
         for i, s in enumerate(details["samples"]):

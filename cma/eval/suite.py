@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ def evaluate_detailed(
     caption_cfg: CaptionConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    zeroshot=None,
 ) -> EvalResult:
     """:func:`evaluate` that also returns details (see :class:`EvalResult`)."""
     from cma.gaps import gap_report
@@ -78,9 +80,12 @@ def evaluate_detailed(
     shown = [k for k in (*GAP_KEYS, FLOOR_KEY) if k in metrics]
     _log(progress, "  gaps: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in shown))
 
-    if test.labels is not None and test.class_text is not None:
+    labelled = test if zeroshot is None else zeroshot
+    if zeroshot is not None and zeroshot.labels is None:
+        raise ValueError("zeroshot: the zero-shot set has no labels")
+    if labelled.labels is not None and labelled.class_text is not None:
         t0 = time.perf_counter()
-        acc = zeroshot_accuracy(test.image, test.class_text, test.labels, topk=(1, 5))
+        acc = zeroshot_accuracy(labelled.image, labelled.class_text, labelled.labels, topk=(1, 5))
         metrics["zeroshot_top1"], metrics["zeroshot_top5"] = acc[1], acc[5]
         timed("zeroshot", t0)
 
@@ -89,18 +94,22 @@ def evaluate_detailed(
     metrics.update({f"retrieval_{k}": v for k, v in rec.items()})
     timed("retrieval", t0)
 
-    if test.labels is not None:
+    if labelled.labels is not None:
         t0 = time.perf_counter()
-        ari = joint_ari(x, y, test.labels, seeds=ari_seeds, seed=seed)
+        lx, ly = (x, y) if zeroshot is None else zeroshot.paired()
+        ari = joint_ari(lx, ly, labelled.labels, seeds=ari_seeds, seed=seed)
         metrics["ari"], metrics["ari_std"] = ari
         timed("ari", t0)
-    _log(progress, "  tasks: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in FRACTION_KEYS
-                                           if k in metrics))
+    _log(
+        progress,
+        "  tasks: " + ", ".join(f"{k}={metrics[k]:.3f}" for k in FRACTION_KEYS if k in metrics),
+    )
 
     if captioning:
         if train.image.shape[1] != test.image.shape[1]:
-            raise ValueError(f"train and test dimensions differ: {train.image.shape[1]} != "
-                             f"{test.image.shape[1]}")
+            raise ValueError(
+                f"train and test dimensions differ: {train.image.shape[1]} != {test.image.shape[1]}"
+            )
         cfg = caption_cfg or CaptionConfig(seed=seed)
         n_caps = min(len(train.captions), cfg.max_captions)
         _log(progress, f"  training the caption decoder on {n_caps} text embeddings")
@@ -118,15 +127,23 @@ def evaluate_detailed(
         samples["text_greedy"] = cap.generate(y, method="greedy")
         scores["text_greedy"] = caption_metrics(samples["text_greedy"], refs)
         metrics.update(scores[f"image_{cfg.decode}"])
-        details["captioning"] = {"decode": cfg.decode, "scores": scores,
-                                 "vocab_size": len(cap.vocab)}
+        details["captioning"] = {
+            "decode": cfg.decode,
+            "scores": scores,
+            "vocab_size": len(cap.vocab),
+        }
         details["samples"] = [
             {"references": refs[i][:3], **{k: v[i] for k, v in samples.items()}}
             for i in range(min(8, len(refs)))
         ]
         timed("caption_decode_score", t0)
-        _log(progress, "  captioning: " + ", ".join(
-            f"{k}: CIDEr {v['cider']:.3f} BLEU-4 {v['bleu4']:.3f}" for k, v in scores.items()))
+        _log(
+            progress,
+            "  captioning: "
+            + ", ".join(
+                f"{k}: CIDEr {v['cider']:.3f} BLEU-4 {v['bleu4']:.3f}" for k, v in scores.items()
+            ),
+        )
     details["seconds"]["total"] = round(time.perf_counter() - t_start, 3)
     return EvalResult(metrics, details)
 
@@ -141,6 +158,7 @@ def evaluate(
     caption_cfg: CaptionConfig | None = None,
     seed: int = 0,
     progress: bool = True,
+    zeroshot=None,
 ) -> dict[str, float]:
     """SPEC section 6 METRICS of ``test`` (the caption decoder learns from ``train``).
 
@@ -149,19 +167,39 @@ def evaluate(
     and ``class_text``; ARI needs ``labels``; captioning (CIDEr-D, BLEU-4, ROUGE-L of the
     ``caption_cfg.decode`` decoding of the test IMAGE embeddings, decoder trained on ``train``
     TEXT embeddings) is skipped when ``captioning=False``. Keys that cannot be computed are
-    omitted. Deterministic given ``seed``.
+    omitted. Deterministic given ``seed``. ``zeroshot`` (a labelled EmbeddingSet, e.g. of an
+    image folder whose captions are the class prompts) replaces ``test`` for zero-shot accuracy
+    and the joint-clustering ARI (its images with their first captions).
     """
     return evaluate_detailed(
-        train, test, blur=blur, ari_seeds=ari_seeds, captioning=captioning,
-        caption_cfg=caption_cfg, seed=seed, progress=progress,
+        train,
+        test,
+        blur=blur,
+        ari_seeds=ari_seeds,
+        captioning=captioning,
+        caption_cfg=caption_cfg,
+        seed=seed,
+        progress=progress,
+        zeroshot=zeroshot,
     ).metrics
 
 
+def excess_gap(metrics: dict[str, float]) -> float:
+    """``gap_total - gap_paraphrase``: how much farther images are from their captions than the
+    captions of the same images are from each other (NaN when either is missing)."""
+    if "gap_total" not in metrics or FLOOR_KEY not in metrics:
+        return float("nan")
+    return float(metrics["gap_total"]) - float(metrics[FLOOR_KEY])
+
+
 def gap_reduction(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Changes from ``before`` to ``after`` METRICS.
+    """Changes from ``before`` to ``after`` METRICS (``before``: the base model, or the α = 0
+    control for the alignment effect).
 
     - ``{gap}_reduction_pct = 100 (b - a) / b`` for each gap, and ``gap_reduction_pct`` for the
       total gap ("the gap" of SPEC section 2);
+    - ``gap_excess_reduction_pct = 100 (e_b - e_a) / e_b`` with e = :func:`excess_gap`, the part
+      of the gap above the paraphrase floor that was closed (when e_b > 0);
     - ``{task}_drop_points = 100 (b - a)`` for fraction metrics (accuracy points);
     - ``{task}_drop_rel_pct = 100 (b - a) / b`` for every task metric.
     Keys missing from either side, or with b = 0 for a ratio, are skipped.
@@ -172,6 +210,9 @@ def gap_reduction(before: dict[str, float], after: dict[str, float]) -> dict[str
             out[f"{k}_reduction_pct"] = 100.0 * (before[k] - after[k]) / before[k]
     if "gap_total_reduction_pct" in out:
         out["gap_reduction_pct"] = out["gap_total_reduction_pct"]
+    eb, ea = excess_gap(before), excess_gap(after)
+    if eb > 0 and math.isfinite(ea):
+        out["gap_excess_reduction_pct"] = 100.0 * (eb - ea) / eb
     for k in TASK_KEYS:
         if k not in before or k not in after:
             continue

@@ -1,10 +1,16 @@
-"""Contrastive pretraining of the embedded-world base model, cached on disk by its config.
+"""Contrastive pretraining of the embedded-world base model: shipped with the package, or
+pretrained once and cached on disk by its config.
 
 Plain CLIP training (open_clip's ``ClipLoss``, learnable temperature, AdamW with warmup and
 cosine decay) of a small open_clip ``CLIP`` on ``EmbeddedWorld("train")``; each step pairs every
 image with one of its reference captions drawn at random. Images are rendered once into a uint8
 tensor and normalised per batch exactly as the inference ``preprocess`` does (the world's images
 already have the model's input size), and captions are tokenised once.
+
+The base model of the default :class:`PretrainConfig` is shipped as package data
+(``weights/cma-tiny-base.pt``, float16, with its SHA-256 and convergence curve in
+``weights/cma-tiny-base.json``) and loaded offline; ``python -m cma.models.release`` regenerates
+both. Any other config is pretrained on first use and cached.
 """
 
 from __future__ import annotations
@@ -30,11 +36,17 @@ from tqdm.auto import tqdm
 from cma.data.world import WORLD_VERSION, EmbeddedWorld
 from cma.models.batching import CaptionBank, param_groups, uint8_normalizer
 from cma.models.embed import default_cache_dir
-from cma.models.factory import create_model, model_config
+from cma.models.factory import PretrainedUnavailableError, create_model, model_config
 
-__all__ = ["PretrainConfig", "base_model", "base_model_path", "pretrain", "save_checkpoint"]
+__all__ = [
+    "PACKAGED_BASE", "PACKAGED_BASE_INFO", "PretrainConfig", "base_model", "base_model_path",
+    "file_sha256", "packaged_base", "pretrain", "save_checkpoint",
+]  # fmt: skip
 
 PRETRAIN_VERSION = 1
+#: The shipped base model (the default config's) and its info json (sha256, config, curve).
+PACKAGED_BASE = Path(__file__).parent / "weights" / "cma-tiny-base.pt"
+PACKAGED_BASE_INFO = PACKAGED_BASE.with_suffix(".json")
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class PretrainConfig:
     world_seed: int = 0
     world_size: int = 20000
     image_size: int = 64
-    steps: int = 500
+    steps: int = 2000  # converged: see docs/base_curve.png and weights/cma-tiny-base.json
     batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 40
@@ -71,15 +83,15 @@ def pretrain(
     progress: bool = True,
     world: EmbeddedWorld | None = None,
     threads: int | None = None,
-    callback: Callable[[int, nn.Module], None] | None = None,
+    callback: Callable[[int, nn.Module, float], None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train the base model from random init; returns ``(model in eval mode, stats)``.
 
     ``stats`` holds ``seconds`` (wall), ``cpu_seconds`` (process CPU time, all threads),
     ``data_seconds`` (world generation and tokenisation), ``losses`` (per step) and
     ``logit_scale`` (final). ``threads`` sets torch's intra-op threads for the run (restored
-    afterwards); None keeps the current setting. ``callback(step, model)`` runs after every
-    step (e.g. to evaluate; put the model back in train mode if you change it).
+    afterwards); None keeps the current setting. ``callback(step, model, loss)`` runs after
+    every step (e.g. to evaluate; put the model back in train mode if you change it).
     """
     config = config or PretrainConfig()
     previous_threads = torch.get_num_threads()
@@ -92,8 +104,11 @@ def pretrain(
 
 
 def _pretrain(
-    config: PretrainConfig, device: str | torch.device, progress: bool,
-    world: EmbeddedWorld | None, callback: Callable[[int, nn.Module], None] | None,
+    config: PretrainConfig,
+    device: str | torch.device,
+    progress: bool,
+    world: EmbeddedWorld | None,
+    callback: Callable[[int, nn.Module, float], None] | None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     t0, cpu0 = time.perf_counter(), time.process_time()
     torch.manual_seed(config.seed)
@@ -125,7 +140,7 @@ def _pretrain(
     for step in bar:
         if pos + config.batch_size > len(order):
             order, pos = torch.randperm(len(world), generator=gen), 0
-        idx = order[pos:pos + config.batch_size]
+        idx = order[pos : pos + config.batch_size]
         pos += config.batch_size
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -142,11 +157,13 @@ def _pretrain(
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", T=f"{1 / scale.item():.3f}")
         if callback is not None:
-            callback(step, model)
+            callback(step, model, losses[-1])
     model.eval()
     stats = {
-        "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
-        "data_seconds": data_seconds, "losses": losses,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - cpu0,
+        "data_seconds": data_seconds,
+        "losses": losses,
         "logit_scale": model.logit_scale.item(),
     }
     return model, stats
@@ -175,6 +192,47 @@ def base_model_path(
     return root / "base" / f"{config.arch}-{config.key()}.pt"
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_base(
+    config: PretrainConfig | None = None, info: str | os.PathLike | None = None
+) -> Path | None:
+    """The shipped weights file when it holds the base model of ``config``, else None.
+
+    The info json names the file, its SHA-256 and the config key it was trained with; a key
+    that differs (another config, world or architecture version) gives None. A missing or
+    altered file (a partial copy, a Git LFS pointer) raises PretrainedUnavailableError.
+    """
+    config = config or PretrainConfig()
+    info = Path(info if info is not None else PACKAGED_BASE_INFO)
+    if not info.is_file():
+        return None
+    meta = json.loads(info.read_text())
+    if meta.get("pretrain_key") != config.key():
+        return None
+    path = info.parent / meta["file"]
+    fix = (
+        "reinstall the package, or regenerate the file with `python -m cma.models.release` "
+        "(about 40 min on 2 CPU cores)"
+    )
+    if not path.is_file():
+        raise PretrainedUnavailableError(f"shipped base model {path} is missing: {fix}")
+    digest = file_sha256(path)
+    if digest != meta["sha256"]:
+        raise PretrainedUnavailableError(
+            f"shipped base model {path} has SHA-256 {digest[:12]}…, expected "
+            f"{meta['sha256'][:12]}… (truncated copy or Git LFS pointer?): {fix}"
+        )
+    return path
+
+
 def base_model(
     *,
     cache_dir: str | os.PathLike | None = None,
@@ -184,15 +242,20 @@ def base_model(
 ) -> tuple[nn.Module, Callable, Callable]:
     """The pretrained embedded-world base model ``(model, preprocess, tokenizer)``.
 
-    Loaded from ``<cache_dir>/base/<arch>-<hash>.pt`` (cache_dir default ``$CMA_CACHE`` or
-    ``~/.cache/cma``) when present, else pretrained now (a few minutes on a CPU) and saved.
+    The shipped weights when they match ``config`` (the default config: :func:`packaged_base`),
+    else ``<cache_dir>/base/<arch>-<hash>.pt`` (cache_dir default ``$CMA_CACHE`` or
+    ``~/.cache/cma``) when present, else pretrained now and saved there.
     """
     config = config or PretrainConfig()
-    path = base_model_path(config, cache_dir)
+    path = packaged_base(config) or base_model_path(config, cache_dir)
     if not path.is_file():
         model, stats = pretrain(config, device=device, progress=progress)
         save_checkpoint(
-            path, model, arch=config.arch, pretrain_config=dataclasses.asdict(config),
-            seconds=stats["seconds"], final_loss=float(np.mean(stats["losses"][-20:])),
+            path,
+            model,
+            arch=config.arch,
+            pretrain_config=dataclasses.asdict(config),
+            seconds=stats["seconds"],
+            final_loss=float(np.mean(stats["losses"][-20:])),
         )
     return create_model(config.arch, str(path), device=device)

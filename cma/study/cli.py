@@ -30,7 +30,13 @@ PASS_THROUGH: dict[str, tuple[str, Any]] = {
     "--pretrained": ("pretrained", str),
     "--train-data": ("train_data", str),
     "--val-data": ("val_data", str),
+    "--csv-separator": ("csv_separator", str),
+    "--csv-img-key": ("csv_img_key", str),
+    "--csv-caption-key": ("csv_caption_key", str),
+    "--csv-label-key": ("csv_label_key", str),
     "--coco-root": ("coco_root", str),
+    "--zeroshot-data": ("zeroshot_data", str),
+    "--classnames": ("classnames", str),
     "--train-size": ("train_size", int),
     "--batch-size": ("batch_size", int),
     "--lr": ("lr", float),
@@ -88,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--baseline-seeds", type=int, default=1)
     g.add_argument(
+        "--no-controls",
+        dest="controls",
+        action="store_false",
+        help="skip the α = 0 controls (then no alignment effect, no compromise plot)",
+    )
+    g.add_argument(
         "--quick",
         action="store_true",
         help="tiny smoke configuration: a briefly pretrained cma-micro base, "
@@ -109,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset-type", choices=DATASET_TYPES, default=None)
     for flag, (_, typ) in PASS_THROUGH.items():
         t.add_argument(flag, type=typ, default=None)
+    t.add_argument("--zeroshot-templates", nargs="+", default=None)
     t.add_argument("--no-captioning", action="store_true")
     t.add_argument("--fused", action="store_true", help="fused Triton kernels (CUDA)")
     t.add_argument(
@@ -143,6 +156,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
             train[field] = value
     if args.dataset_type is not None:
         train["dataset_type"] = args.dataset_type
+    if args.zeroshot_templates is not None:
+        train["zeroshot_templates"] = list(args.zeroshot_templates)
     if args.no_captioning:
         train["captioning"] = False
     if args.fused:
@@ -160,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         train=train,
         progress=not args.quiet,
         pca=args.pca,
+        controls=args.controls,
     )
 
 

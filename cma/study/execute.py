@@ -31,12 +31,11 @@ from cma.study.plan import (
     StudyConfig,
     Variant,
     build_plan,
-    config_diff,
     train_config,
 )
 from cma.train import runner as train_runner
 from cma.train.checkpoint import LAST, load_checkpoint
-from cma.train.config import TrainConfig
+from cma.train.config import TrainConfig, config_diff
 from cma.train.distributed import DistInfo
 from cma.train.loop import TrainingDiverged
 
@@ -149,11 +148,13 @@ class Progress:
 
 
 class BaseEmbeddings:
-    """The base model and its (train, test) embeddings, loaded once, on first use."""
+    """The base model and its (train, test) embeddings, loaded once, on first use (and those
+    of the ``--zeroshot-data`` folder, when one is given)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self._sets: tuple[Any, Any] | None = None
+        self.zeroshot: Any = None
 
     def device(self) -> torch.device:
         return train_runner.resolve_device(self.cfg.device, DistInfo())
@@ -168,6 +169,9 @@ class BaseEmbeddings:
             train_set = None
             if eval_train is not None:
                 train_set = embed(model, preprocess, tokenizer, eval_train, cfg, device)
+            zeroshot = train_runner.open_zeroshot(cfg)
+            if zeroshot is not None:
+                self.zeroshot = embed(model, preprocess, tokenizer, zeroshot, cfg, device)
             self._sets = (train_set, embed(model, preprocess, tokenizer, test, cfg, device))
         return self._sets
 
@@ -195,8 +199,11 @@ def embed(
     )
 
 
-def evaluate_sets(train_set: Any, test_set: Any, cfg: TrainConfig, seed: int) -> Any:
-    """The trainer's evaluation call (``evaluate_detailed``) for a pair of EmbeddingSets."""
+def evaluate_sets(
+    train_set: Any, test_set: Any, cfg: TrainConfig, seed: int, zeroshot: Any = None
+) -> Any:
+    """The trainer's evaluation call (``evaluate_detailed``) for a pair of EmbeddingSets (and
+    the zero-shot set, when there is one)."""
     return evaluate_detailed(
         train_set if train_set is not None else test_set,
         test_set,
@@ -204,6 +211,7 @@ def evaluate_sets(train_set: Any, test_set: Any, cfg: TrainConfig, seed: int) ->
         captioning=cfg.captioning and train_set is not None,
         seed=seed,
         progress=cfg.progress,
+        zeroshot=zeroshot,
     )
 
 
@@ -296,13 +304,16 @@ def run_evaluation(
             metrics, source = dict(donor["reference"]), f"before of runs/{donor['variant']}"
         else:
             train_set, test_set = base.sets()
-            result = evaluate_sets(train_set, test_set, cfg, v.seed)
+            result = evaluate_sets(train_set, test_set, cfg, v.seed, base.zeroshot)
             metrics, source, details = result.metrics, "evaluated", result.details
     else:
         train_set, test_set = base.sets()
         reference_set = train_set if train_set is not None else test_set
         tr, te = bl.apply(str(v.baseline), reference_set, test_set, seed=v.seed)
-        result = evaluate_sets(tr if train_set is not None else None, te, cfg, v.seed)
+        zs = base.zeroshot  # the zero-shot set moves with the test set
+        if zs is not None:
+            zs = bl.apply(str(v.baseline), reference_set, zs, seed=v.seed)[1]
+        result = evaluate_sets(tr if train_set is not None else None, te, cfg, v.seed, zs)
         metrics, source, details = result.metrics, f"post-hoc {v.baseline}", result.details
     seconds = time.perf_counter() - t0
     _write_eval(study, v, metrics, cfg, seconds, source, details)
@@ -407,4 +418,19 @@ def execute(
         f"\n[study] {len(records)}/{len(plan)} variants done in "
         f"{progress.clock(time.perf_counter() - progress.t0)}"
     )
+    attach_controls(records)
     return records, failures, base
+
+
+def attach_controls(records: Sequence[dict[str, Any]]) -> None:
+    """Give every training record the METRICS of its α = 0 control (same schedule and seed)
+    as ``record["control"]``, when that control is among the records."""
+    controls = {
+        (r["kind"], r["seed"]): r["metrics"]
+        for r in records
+        if r["kind"] in ("tpc", "constant") and r.get("alpha") == 0
+    }
+    for r in records:
+        found = controls.get((r["kind"], r["seed"]))
+        if found is not None:
+            r["control"] = found

@@ -1,14 +1,16 @@
 """What the study runs: the variants, their trainer configurations, and the paper's figures.
 
 A :class:`Variant` is one (method, α_target, seed) point. Training variants (``tpc``,
-``constant``) are one ``cma.train`` run each; ``base`` and the post-hoc ``baseline`` variants
-are evaluations of the base model's embeddings (see :mod:`cma.study.execute`).
+``constant``) are one ``cma.train`` run each — α_target = 0 is the schedule's α = 0 *control*
+(the same run with the alignment weight held at 0, SPEC §4); ``base`` and the post-hoc
+``baseline`` variants are evaluations of the base model's embeddings (see
+:mod:`cma.study.execute`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ from typing import Any
 from cma.eval.baselines import BASELINES
 from cma.train.config import TrainConfig
 
-DEFAULT_ALPHAS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: α 0.01 (a near-control before issue #14) gave way to the real α = 0 control.
+DEFAULT_ALPHAS: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5, 1.0)
 DEFAULT_CONSTANT_ALPHAS: tuple[float, ...] = (0.05, 0.5)
 DEFAULT_MULTI_SEED_ALPHAS: tuple[float, ...] = (0.05, 0.5)
 KINDS: tuple[str, ...] = ("base", "baseline", "tpc", "constant")
@@ -35,21 +38,6 @@ QUICK_TRAIN: dict[str, Any] = {
     "checkpoint_every": 50,
 }
 
-#: Trainer fields that do not change a variant's results (ignored when reusing finished runs).
-RUNTIME_KEYS: frozenset[str] = frozenset(
-    {
-        "output",
-        "resume",
-        "progress",
-        "cache_dir",
-        "device",
-        "workers",
-        "checkpoint_every",
-        "fused",
-        "max_bad_steps",
-        "extra",
-    }
-)
 #: Trainer fields an evaluation of the base model depends on (base and baseline variants).
 EVAL_KEYS: tuple[str, ...] = (
     "model",
@@ -60,7 +48,11 @@ EVAL_KEYS: tuple[str, ...] = (
     "csv_separator",
     "csv_img_key",
     "csv_caption_key",
+    "csv_label_key",
     "coco_root",
+    "zeroshot_data",
+    "classnames",
+    "zeroshot_templates",
     "train_size",
     "blur",
     "eval_train_images",
@@ -114,12 +106,19 @@ class Variant:
         return self.kind in ("tpc", "constant")
 
     @property
+    def is_control(self) -> bool:
+        """The α = 0 control of its schedule."""
+        return self.trains and self.alpha == 0
+
+    @property
     def group(self) -> str:
         """The variant without its seed (what is averaged over seeds)."""
         if self.kind == "base":
             return "base"
         if self.kind == "baseline":
             return str(self.baseline)
+        if self.is_control:
+            return f"{self.kind}-control"
         return f"{self.kind}-a{self.alpha:g}"
 
     @property
@@ -130,6 +129,8 @@ class Variant:
     @property
     def label(self) -> str:
         """Human-readable name for tables and plots."""
+        if self.is_control:
+            return "α=0 control" + (" (constant schedule)" if self.kind == "constant" else "")
         if self.kind == "tpc":
             return f"TPC-CMA α={self.alpha:g}"
         if self.kind == "constant":
@@ -152,6 +153,7 @@ class StudyConfig:
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
     progress: bool = True
     pca: bool = True
+    controls: bool = True  # the α = 0 control of each schedule and seed that has runs
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -189,15 +191,20 @@ class StudyConfig:
 def build_plan(cfg: StudyConfig) -> list[Variant]:
     """All variants, in running order: training runs (seed 0 first), then base and baselines.
 
-    The base model comes after the runs because each run's ``before`` evaluation *is* the base
-    model evaluated with that seed; the study reuses it instead of evaluating again.
+    Each seed's runs of a schedule are preceded by that schedule's α = 0 control with the same
+    seed (``cfg.controls``), so every run finds its control and reports against it. The base
+    model comes after the runs because each run's ``before`` evaluation *is* the base model
+    evaluated with that seed; the study reuses it instead of evaluating again.
     """
     plan: list[Variant] = []
     for seed in range(cfg.seeds):
-        for a in cfg.alphas:
-            if seed == 0 or alpha_in(a, cfg.multi_seed_alphas):
-                plan.append(Variant("tpc", seed, alpha=float(a)))
-        if seed == 0:
+        tpc = [a for a in cfg.alphas if seed == 0 or alpha_in(a, cfg.multi_seed_alphas)]
+        if tpc and cfg.controls:
+            plan.append(Variant("tpc", seed, alpha=0.0))
+        plan += [Variant("tpc", seed, alpha=float(a)) for a in tpc]
+        if seed == 0 and cfg.constant_alphas:
+            if cfg.controls:
+                plan.append(Variant("constant", 0, alpha=0.0))
             plan += [Variant("constant", 0, alpha=float(a)) for a in cfg.constant_alphas]
     plan += [Variant("base", s) for s in range(cfg.seeds)]
     plan += [
@@ -215,20 +222,3 @@ def train_config(cfg: StudyConfig, v: Variant) -> TrainConfig:
     if v.trains:
         kw.update(alpha_target=float(v.alpha or 0.0), schedule=v.kind)
     return TrainConfig(**kw)
-
-
-def config_diff(
-    saved: Mapping[str, Any], expected: Mapping[str, Any], keys: Iterable[str] | None = None
-) -> dict[str, tuple[Any, Any]]:
-    """``{key: (saved, expected)}`` for result-relevant settings that differ."""
-    keys = [k for k in expected if k not in RUNTIME_KEYS] if keys is None else list(keys)
-    out = {}
-    for k in keys:
-        a, b = saved.get(k), expected.get(k)
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-            if math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12):
-                continue
-        elif a == b:
-            continue
-        out[k] = (a, b)
-    return out

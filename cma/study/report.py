@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from cma.eval._common import GAP_KEYS
+from cma.eval._common import FLOOR_KEY, GAP_KEYS
 from cma.eval.analysis import r2_matrix_markdown
 from cma.eval.report import plot_bars, plot_pca, plt
 from cma.study.aggregate import (
     HEADLINE_TASKS,
+    compromise,
     geometric_claim,
     paper_comparison,
     r2_claim,
@@ -27,7 +28,7 @@ from cma.study.aggregate import (
     strongest,
     summarize,
 )
-from cma.study.plan import StudyConfig
+from cma.study.plan import PAPER, StudyConfig
 
 STUDY_VERSION = 1
 TIME_TARGET_S = 3600.0
@@ -85,6 +86,7 @@ def build_summary(
         "groups": groups,
         "r2": r2,
         "claims": {
+            "compromise": compromise(groups),
             "geometric": geometric_claim(groups),
             "r2": r2_claim(r2["all"]) if r2["all"] else None,
             "r2_trained": r2_claim(r2["trained"]) if r2["trained"] else None,
@@ -151,31 +153,120 @@ def variants_table(groups: Mapping[str, Mapping[str, Any]]) -> str:
 def gaps_table(groups: Mapping[str, Mapping[str, Any]]) -> str:
     """All four gaps per variant (absolute, embedding units) and their reductions in %."""
     short = {"gap_raw": "G_R", "gap_centroid": "G_C", "gap_distribution": "G_D", "gap_total": "G_T"}
-    head = ["variant", *short.values(), *(f"{s} red. %" for s in short.values())]
+    head = [
+        "variant",
+        *short.values(),
+        "floor",
+        "excess",
+        *(f"{s} red. %" for s in short.values()),
+        "excess red. %",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
     for g in groups.values():
         m, ms, c, cs = g["metrics"], g["metrics_std"], g["change"], g["change_std"]
         cells = [str(g["label"])]
-        cells += [fmt_pm(m.get(k), ms.get(k), 4) for k in GAP_KEYS]
+        cells += [fmt_pm(m.get(k), ms.get(k), 4) for k in (*GAP_KEYS, FLOOR_KEY, "gap_excess")]
         cells += [
-            fmt_pm(c.get(f"{k}_reduction_pct"), cs.get(f"{k}_reduction_pct"), 1) for k in GAP_KEYS
+            fmt_pm(c.get(f"{k}_reduction_pct"), cs.get(f"{k}_reduction_pct"), 1)
+            for k in (*GAP_KEYS, "gap_excess")
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def effect_table(groups: Mapping[str, Mapping[str, Any]]) -> str:
+    """The alignment effect: each training variant against its α = 0 control (same seeds)."""
+    head = [
+        "variant",
+        "seeds",
+        "G_T red. %",
+        "excess gap closed %",
+        "G_D red. %",
+        "Δ zero-shot (pts)",
+        "Δ R@1 i2t (pts)",
+        "Δ R@1 t2i (pts)",
+        "Δ ARI (pts)",
+        "Δ CIDEr %",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:" + "|---:" * (len(head) - 2) + "|"]
+    for g in groups.values():
+        e, es = g.get("effect") or {}, g.get("effect_std") or {}
+        if not e or g.get("alpha") in (None, 0, 0.0):
+            continue
+
+        def gain(key: str, suffix: str = "_drop_points", e=e, es=es) -> str:
+            return fmt_pm(-_f(e.get(key + suffix)), es.get(key + suffix), 2, sign=True)
+
+        cells = [
+            str(g["label"]),
+            ",".join(map(str, g.get("control_seeds", g["seeds"]))),
+            fmt_pm(e.get("gap_reduction_pct"), es.get("gap_reduction_pct"), 1),
+            fmt_pm(e.get("gap_excess_reduction_pct"), es.get("gap_excess_reduction_pct"), 1),
+            fmt_pm(
+                e.get("gap_distribution_reduction_pct"), es.get("gap_distribution_reduction_pct"), 1
+            ),
+            gain("zeroshot_top1"),
+            gain("retrieval_i2t_r1"),
+            gain("retrieval_t2i_r1"),
+            gain("ari"),
+            fmt_pm(-_f(e.get("cider_drop_rel_pct")), es.get("cider_drop_rel_pct"), 1, sign=True),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def paper_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Quantity | the paper's figure (as published) | ours (mean ± std where seeded)."""
-    lines = ["| quantity | paper | ours |", "|---|---:|---:|"]
+    """Quantity | the paper's figure (as published) | ours against the base model | ours against
+    the α = 0 control (mean ± std where seeded)."""
+    lines = [
+        "| quantity | paper | ours (vs base) | ours (vs α=0 control) |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
         unit = r.get("unit") or ""
         digits = {"%": 1, "pts": 2}.get(unit, 3)
         paper = f"{_f(r['paper']):g}" + (" %" if unit else "")
-        ours = fmt_pm(r["ours"], r.get("ours_std"), digits)
-        if ours != "—" and unit:
-            ours += f" {unit}"
-        lines.append(f"| {r['quantity']} | {paper} | {ours} |")
+        cells = []
+        for key in ("ours", "vs_control"):
+            text = fmt_pm(r.get(key), r.get(f"{key}_std" if key != "ours" else "ours_std"), digits)
+            cells.append(text + (f" {unit}" if text != "—" and unit else ""))
+        lines.append(f"| {r['quantity']} | {paper} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+def compromise_markdown(comp: Mapping[str, Any]) -> str:
+    """One sentence: at which α aligning starts to cost accuracy (against the control)."""
+    if not comp.get("available"):
+        return (
+            "Where the compromise appears: n/a (no TPC-CMA run has its α = 0 control; "
+            "run the study with controls)."
+        )
+    thr = comp["threshold_points"]
+    first = comp["first"]
+    steps = "; ".join(
+        f"α={r['alpha']:g}: gap −{r['gap_reduction_pct']:.1f} %, excess −"
+        f"{r['gap_excess_reduction_pct']:.1f} %, "
+        + ", ".join(
+            f"{t.replace('retrieval_', 'R@1 ').replace('_r1', '')} {0.0 - d:+.2f}"
+            for t, d in r["drops"].items()
+        )
+        for r in comp["rows"]
+    )
+    if first is None:
+        head = (
+            f"**No compromise within the α range**: no α costs more than {thr:g} point (and "
+            "more than the seed std) of zero-shot or R@1 against the α = 0 control"
+        )
+    else:
+        head = (
+            f"**The compromise appears at α = {first['alpha']:g}**: {first['task']} falls "
+            f"{first['drop_points']:.2f} points below the α = 0 control (more than {thr:g} and "
+            "than the seed std) "
+            f"while the gap is {first['gap_reduction_pct']:.1f} % smaller than the "
+            f"control's ({first['gap_excess_reduction_pct']:.1f} % of the excess over the "
+            "paraphrase floor closed)"
+        )
+    return f"{head}. Against the control (points, + = better): {steps}."
 
 
 def _verdict(ok: bool | None) -> str:
@@ -231,6 +322,7 @@ def claims_markdown(summary: Mapping[str, Any]) -> list[str]:
         f"{t['compute_seconds'] / 60:.1f} min of variant time (training runs with their "
         f"before/after evaluations, plus the evaluations done by the study)."
     )
+    md.append(f"4. {compromise_markdown(claims.get('compromise') or {})}")
     return md
 
 
@@ -270,9 +362,25 @@ def render_markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str
         "",
         "### All four gaps",
         "",
+        "`floor` is `gap_paraphrase` (G_T between two captions of the same images, text against "
+        "text); `excess` = G_T − floor, the part of the gap an alignment can close.",
+        "",
         gaps_table(groups),
         "",
     ]
+    effect = effect_table(groups)
+    if effect:
+        md += [
+            "### The alignment effect: against the α = 0 control",
+            "",
+            "Each run against the control with the same schedule and seed (the same run with "
+            "the alignment weight held at 0), per seed, then mean ± std: what the alignment "
+            "did, without the fine-tune. Δ = run − control (points; CIDEr relative %); "
+            "+ = better.",
+            "",
+            effect,
+            "",
+        ]
     md += ["## Targets", "", *claims_markdown(summary), ""]
     r2 = summary["r2"]
     if r2["all"]:
@@ -295,7 +403,9 @@ def render_markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str
     md += [
         "## Against the paper",
         "",
-        "The paper's figures (arXiv 2604.00279) beside ours. Its zero-shot drop of 4.84 % is "
+        "The paper's figures (arXiv 2604.00279) beside ours, against the base model and "
+        "against the α = 0 control (the alignment effect without the fine-tune; for the base "
+        "model's ARI: the control's). Its zero-shot drop of 4.84 % is "
         "shown against both our relative drop and our drop in points; its R² values are "
         "compared with our mean over the tasks "
         f"({', '.join(HEADLINE_TASKS)}). See docs/study.md for the discussion.",
@@ -306,6 +416,7 @@ def render_markdown(summary: Mapping[str, Any], plots: Mapping[str, str]) -> str
     if plots:
         titles = {
             "tradeoff": "Trade-off over α_target",
+            "compromise": "The compromise, against the α = 0 control (paper's points: ★)",
             "gaps": "The four gaps per variant",
             "scatter": "Task vs gap across variants",
             "r2": "R² per task and gap metric",
@@ -344,12 +455,17 @@ def plot_tradeoff(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
     """Left: gap reductions vs α_target (log); right: gap reduction vs task drop (the trade-off).
 
     TPC-CMA: line through α values; constant schedule: squares; post-hoc baselines: crosses;
-    error bars: std over seeds.
+    the α = 0 controls (the fine-tune alone): plus signs and a dotted line; error bars: std over
+    seeds.
     """
     by_kind = {
-        k: sorted((g for g in groups.values() if g["kind"] == k), key=lambda g: float(g["alpha"]))
+        k: sorted(
+            (g for g in groups.values() if g["kind"] == k and float(g["alpha"]) > 0),
+            key=lambda g: float(g["alpha"]),
+        )
         for k in ("tpc", "constant")
     }
+    controls = [g for g in groups.values() if g["kind"] in by_kind and float(g["alpha"]) == 0]
     posthoc = [g for g in groups.values() if g["kind"] == "baseline"]
     any_g = next(iter(groups.values()))
     drop = next(
@@ -409,6 +525,21 @@ def plot_tradeoff(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
             fontsize=7,
             color="0.4",
         )
+    for g in controls:
+        x, xe, y, ye = _xy([g], f"{drop}_drop_points", "change", "gap_reduction_pct")
+        ax2.errorbar(
+            x,
+            y,
+            xerr=xe,
+            yerr=ye,
+            marker="P",
+            ms=8,
+            color="black",
+            ls="none",
+            capsize=3,
+            label=str(g["label"]) + " (fine-tune only)",
+        )
+        ax1.axhline(float(y[0]), color="black", lw=0.9, ls=":", label=f"{g['label']} (G_T)")
     ax2.scatter([0], [0], marker="*", s=120, color="black", zorder=4, label="base model")
     alphas = sorted({float(g["alpha"]) for gs in by_kind.values() for g in gs})
     ax1.set_xscale("log")
@@ -431,10 +562,147 @@ def plot_tradeoff(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -> 
     return path
 
 
+def plot_compromise(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
+    """The trade-off against the α = 0 control, with the paper's two points.
+
+    (a) gap reduction vs control over α (G_T solid, excess over the paraphrase floor dashed);
+    (b)–(d) gap reduction vs control against the change vs control of zero-shot top-1, R@1
+    (both ways), and ARI (points) / CIDEr (%): one point per α (TPC-CMA: line, constant
+    schedule: squares), error bars = std over seeds. Paper (★): α 0.05 gap −66.6 % for a
+    4.84 % zero-shot drop (drawn as −4.84 points); α 0.5 gap −82.3 %, ARI 0.318 → 0.516
+    (+19.8 points), CIDEr +57.1 %. The grey band marks a loss of more than 1 point.
+    """
+    by_kind = {
+        k: sorted(
+            (
+                g
+                for g in groups.values()
+                if g["kind"] == k and float(g.get("alpha") or 0) > 0 and g.get("effect")
+            ),
+            key=lambda g: float(g["alpha"]),
+        )
+        for k in ("tpc", "constant")
+    }
+
+    def series(gs: Sequence[Mapping[str, Any]], key: str, sign: float = -1.0) -> tuple:
+        x = np.array([sign * _f(g["effect"].get(key)) for g in gs])
+        xe = np.nan_to_num([_f(g["effect_std"].get(key)) for g in gs])
+        return x, xe
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.2))
+    (ax_a, ax_b), (ax_c, ax_d) = axes
+    style = {
+        "tpc": dict(color="tab:blue", marker="o", ls="-", label="TPC-CMA"),
+        "constant": dict(color="tab:red", marker="s", ls="none", label="constant schedule"),
+    }
+    paper = dict(marker="*", s=180, color="gold", edgecolors="black", zorder=5)
+    for kind, gs in by_kind.items():
+        if not gs:
+            continue
+        alphas = np.array([float(g["alpha"]) for g in gs])
+        y, ye = series(gs, "gap_reduction_pct", 1.0)
+        ex, exe = series(gs, "gap_excess_reduction_pct", 1.0)
+        st = style[kind]
+        ax_a.errorbar(alphas, y, yerr=ye, capsize=3, **{**st, "label": f"{st['label']}: G_T"})
+        ax_a.errorbar(
+            alphas,
+            ex,
+            yerr=exe,
+            capsize=3,
+            mfc="white",
+            **{
+                **st,
+                "ls": "--" if kind == "tpc" else "none",
+                "label": f"{st['label']}: excess over the floor",
+            },
+        )
+        panels = (
+            (ax_b, (("zeroshot_top1_drop_points", "zero-shot top-1", "o"),)),
+            (
+                ax_c,
+                (
+                    ("retrieval_i2t_r1_drop_points", "R@1 i2t", "o"),
+                    ("retrieval_t2i_r1_drop_points", "R@1 t2i", "^"),
+                ),
+            ),
+            (
+                ax_d,
+                (
+                    ("ari_drop_points", "ARI (points)", "o"),
+                    ("cider_drop_rel_pct", "CIDEr (%)", "D"),
+                ),
+            ),
+        )
+        for ax, keys in panels:
+            for key, name, marker in keys:
+                x, xe = series(gs, key)
+                ax.errorbar(
+                    x,
+                    y,
+                    xerr=xe,
+                    yerr=ye,
+                    capsize=3,
+                    ms=6,
+                    **{
+                        **st,
+                        "marker": marker if kind == "tpc" else "s",
+                        "label": f"{st['label']}: {name}",
+                    },
+                )
+                for g, xi, yi in zip(gs, x, y, strict=True):
+                    if math.isfinite(xi) and math.isfinite(yi):
+                        ax.annotate(
+                            f"α={float(g['alpha']):g}",
+                            (xi, yi),
+                            textcoords="offset points",
+                            xytext=(4, 3),
+                            fontsize=6,
+                            color=st["color"],
+                        )
+    g05, g5 = PAPER["gap_reduction_pct@0.05"], PAPER["gap_reduction_pct@0.5"]
+    ax_a.scatter([0.05, 0.5], [g05, g5], label="paper (G_T)", **paper)
+    ax_b.scatter([-PAPER["zeroshot_drop_pct@0.05"]], [g05], label="paper α=0.05", **paper)
+    ax_c.axhline(g5, color="goldenrod", lw=1, ls="--", label="paper α=0.5 gap (no R@1 given)")
+    ari = 100 * (PAPER["ari@0.5"] - PAPER["ari_base"])
+    ax_d.scatter(
+        [ari, PAPER["cider_gain_pct@0.5"]], [g5, g5], label="paper α=0.5: ARI, CIDEr", **paper
+    )
+    ax_a.set_xscale("log")
+    ax_a.set_xlabel("α_target")
+    ax_a.set_title("(a) gap closed by the alignment (vs the α = 0 control)", fontsize=9)
+    titles = {
+        ax_b: ("(b) zero-shot", "points"),
+        ax_c: ("(c) retrieval", "points"),
+        ax_d: ("(d) ARI and captioning", "ARI points, CIDEr %"),
+    }
+    for ax, (title, unit) in titles.items():
+        ax.axvspan(min(-1.0, ax.get_xlim()[0]), -1.0, color="0.92", zorder=0)
+        ax.axvline(0, color="0.6", lw=0.8)
+        ax.set_xlabel(f"change vs α = 0 control ({unit}; right = better; grey: < −1)")
+        ax.set_title(f"{title}: gap closed vs task change", fontsize=9)
+    for ax in axes.flat:
+        ax.set_ylabel("G_T reduction vs control (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle(
+        "the compromise: what the alignment closes and costs, against the α = 0 control",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _variant_styles(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Marker and colour per variant: base ★, baselines ✕/+/◆ (grey), TPC-CMA ● and constant ■
     coloured by α (viridis, log scale) so that 12+ variants stay distinguishable."""
-    alphas = [float(g["alpha"]) for g in groups.values() if g["kind"] in ("tpc", "constant")]
+    alphas = [
+        float(g["alpha"])
+        for g in groups.values()
+        if g["kind"] in ("tpc", "constant") and float(g["alpha"]) > 0
+    ]
     lo, hi = (math.log(min(alphas)), math.log(max(alphas))) if alphas else (0.0, 1.0)
     cmap = plt.get_cmap("viridis")
     posthoc_markers = iter(["X", "P", "D", "v", "^", "<", ">"])
@@ -444,6 +712,8 @@ def _variant_styles(groups: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[s
             out[name] = {"marker": "*", "color": "black", "s": 110}
         elif g["kind"] == "baseline":
             out[name] = {"marker": next(posthoc_markers, "o"), "color": "0.45", "s": 45}
+        elif float(g["alpha"]) == 0:
+            out[name] = {"marker": "P", "color": "0.15", "s": 60}
         else:
             t = 0.5 if hi == lo else (math.log(float(g["alpha"])) - lo) / (hi - lo)
             out[name] = {
@@ -554,6 +824,8 @@ def write_outputs(
     plots: dict[str, Path] = {}
     if any(g["kind"] in ("tpc", "constant") for g in groups.values()):
         plots["tradeoff"] = plot_tradeoff(groups, out / "tradeoff.png")
+    if (summary["claims"].get("compromise") or {}).get("available"):
+        plots["compromise"] = plot_compromise(groups, out / "compromise.png")
     if groups:
         plots["gaps"] = plot_gaps(groups, out / "gaps.png")
     if summary["r2"]["all"]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +34,11 @@ class TrainConfig:
     csv_separator: str = "\t"
     csv_img_key: str = "filepath"
     csv_caption_key: str = "title"
+    csv_label_key: str | None = None  # CSV column of class names/ids: zero-shot and ARI
     coco_root: str | None = None
+    zeroshot_data: str | None = None  # class-labelled image folder for zero-shot and ARI
+    classnames: str | None = None  # of the labelled set: a file or "a,b,c"
+    zeroshot_templates: list[str] | None = None  # prompts with "{}" (or one file)
     train_size: int | None = None  # embedded world: number of training images (default 20000)
     workers: int = 0
     # optimisation
@@ -59,6 +64,7 @@ class TrainConfig:
     shard_alignment: bool = True  # under torchrun: the alignment solve sharded across ranks
     # run
     output: str | None = None
+    control_run: str | None = "auto"  # the α = 0 control to report against: path, auto, none
     seed: int = 0
     resume: str | None = None
     device: str = "auto"
@@ -90,9 +96,32 @@ class TrainConfig:
             raise ValueError("steps: must be ≥ 1")
         if self.alpha_target < 0:
             raise ValueError("alpha_target: must be ≥ 0")
+        self._check_labelled()
+
+    def _check_labelled(self) -> None:
+        from cma.data.options import parse_templates
+
+        if self.csv_label_key and self.dataset_type != "csv":
+            raise ValueError("csv_label_key: only for --dataset-type csv")
+        named = self.classnames or self.zeroshot_templates
+        if named and not (
+            self.zeroshot_data or self.csv_label_key or self.dataset_type == "imagefolder"
+        ):
+            raise ValueError(
+                "classnames/zeroshot_templates: they name the classes of --zeroshot-data, or of "
+                "a labelled CSV (--csv-label-key); give one of those"
+            )
+        parse_templates(self.zeroshot_templates)
+
+    @property
+    def is_control(self) -> bool:
+        """The α = 0 control: the same run with the alignment weight held at 0 (SPEC §4)."""
+        return self.alpha_target == 0
 
     @property
     def run_name(self) -> str:
+        if self.is_control:
+            return f"{self.schedule}-control-s{self.seed}"
         return f"{self.schedule}-a{self.alpha_target:g}-s{self.seed}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,7 +150,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--csv-separator", default=d.csv_separator)
     g.add_argument("--csv-img-key", default=d.csv_img_key)
     g.add_argument("--csv-caption-key", default=d.csv_caption_key)
+    g.add_argument(
+        "--csv-label-key",
+        default=d.csv_label_key,
+        help="CSV column of class names or integer ids (enables zero-shot accuracy and ARI)",
+    )
     g.add_argument("--coco-root", default=d.coco_root, help="COCO image folder")
+    g.add_argument(
+        "--zeroshot-data",
+        default=d.zeroshot_data,
+        help="class-labelled image folder (root/<class>/<image>, root/val if present) for "
+        "zero-shot accuracy and ARI, with any --dataset-type",
+    )
+    g.add_argument(
+        "--classnames",
+        default=d.classnames,
+        help="class names of the labelled set (--zeroshot-data, else the CSV labels): a file "
+        "(one per line, or JSON) or comma-separated names",
+    )
+    g.add_argument(
+        "--zeroshot-templates",
+        nargs="+",
+        default=d.zeroshot_templates,
+        help="zero-shot prompts with '{}' for the class name, or one file with a template per "
+        "line (default: 'a photo of a {}.' and 5 more; the embedded world: its own)",
+    )
     g.add_argument(
         "--train-size",
         type=int,
@@ -159,6 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("alignment")
     g.add_argument("--alpha-target", type=float, default=d.alpha_target)
+    g.add_argument(
+        "--control",
+        action="store_true",
+        help="run the α = 0 control: this run with the alignment weight held at 0 (same "
+        "schedule, data, steps, learning rate; --alpha-target is ignored); output "
+        "runs/<schedule>-control-s<seed>",
+    )
+    g.add_argument(
+        "--control-run",
+        default=d.control_run,
+        help="the α = 0 control to state the alignment effect against (run − control): its "
+        "folder or metrics.json; 'auto': <output>/../<schedule>-control-s<seed> when it exists "
+        "with the same settings; 'none': no comparison",
+    )
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
     g.add_argument("--blur", type=float, default=d.blur, help="entropic blur, ε = blur²")
     g.add_argument("--lambda-centroid", type=float, default=d.lambda_centroid)
@@ -207,5 +274,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: Sequence[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
-    return TrainConfig(**vars(args))
+    args = vars(build_parser().parse_args(argv))
+    if args.pop("control"):
+        args["alpha_target"] = 0.0
+    return TrainConfig(**args)
+
+
+#: Trainer fields that do not change a run's results (ignored when comparing settings).
+RUNTIME_KEYS: frozenset[str] = frozenset(
+    {
+        "output",
+        "resume",
+        "progress",
+        "cache_dir",
+        "device",
+        "workers",
+        "checkpoint_every",
+        "fused",
+        "max_bad_steps",
+        "extra",
+        "control_run",
+    }
+)
+
+
+def config_diff(
+    saved: Mapping[str, Any], expected: Mapping[str, Any], keys: Iterable[str] | None = None
+) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved, expected)}`` for result-relevant settings that differ (numbers compare
+    with a relative tolerance; ``keys`` default: every key of ``expected`` but RUNTIME_KEYS)."""
+    keys = [k for k in expected if k not in RUNTIME_KEYS] if keys is None else list(keys)
+    out = {}
+    for k in keys:
+        a, b = saved.get(k), expected.get(k)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            if math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12):
+                continue
+        elif a == b:
+            continue
+        out[k] = (a, b)
+    return out

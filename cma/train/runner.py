@@ -22,9 +22,17 @@ import torch
 from torch import nn
 
 from cma.curriculum import Curriculum, CurriculumConfig
-from cma.data import EmbeddedWorld, EmbeddingSet, load_dataset
+from cma.data import (
+    EmbeddedWorld,
+    EmbeddingSet,
+    format_options,
+    load_dataset,
+    load_zeroshot,
+    parse_classnames,
+    parse_templates,
+)
 from cma.eval import evaluate_detailed, gap_reduction, protocol
-from cma.eval.report import format_table, write_run_report
+from cma.eval.report import CONTROL, format_table, write_run_report
 from cma.gaps import gap_report
 from cma.losses import CMALoss
 from cma.models import (
@@ -39,6 +47,7 @@ from cma.models.batching import param_groups
 from cma.train.batches import EmbeddedBatches, FileBatches, StepPlan, StreamBatches
 from cma.train.checkpoint import CheckpointError, find_resume, load_checkpoint
 from cma.train.config import TrainConfig, parse_config
+from cma.train.control import alignment_effect, find_control
 from cma.train.distributed import DistInfo, any_rank, barrier, init_distributed
 from cma.train.loop import Interrupted, Trainer, TrainingDiverged
 from cma.train.plots import plot_training
@@ -117,12 +126,13 @@ def open_datasets(cfg: TrainConfig, model: nn.Module) -> tuple[Any, Any, Any]:
         train = EmbeddedWorld("train", size=cfg.train_size, image_size=size)
         test = EmbeddedWorld("test", size=cfg.eval_test_images, image_size=size)
         return train, _Head(train, cfg.eval_train_images), test
-    options: dict[str, Any] = {}
-    if cfg.dataset_type == "csv":
-        options = {"sep": cfg.csv_separator, "img_key": cfg.csv_img_key,
-                   "caption_key": cfg.csv_caption_key}  # fmt: skip
-    elif cfg.dataset_type == "coco" and cfg.coco_root:
-        options = {"root": cfg.coco_root}
+    own = not cfg.zeroshot_data  # --classnames/--zeroshot-templates name the zero-shot folder
+    options = format_options(
+        cfg.dataset_type, csv_separator=cfg.csv_separator, csv_img_key=cfg.csv_img_key,
+        csv_caption_key=cfg.csv_caption_key, csv_label_key=cfg.csv_label_key,
+        coco_root=cfg.coco_root, classnames=parse_classnames(cfg.classnames) if own else None,
+        templates=parse_templates(cfg.zeroshot_templates) if own else None,
+    )  # fmt: skip
     train = load_dataset(cfg.dataset_type, cfg.train_data, split="train", **options)
     if cfg.val_data is None and cfg.eval:
         raise ValueError("val_data: give --val-data to evaluate on real data (or --no-eval)")
@@ -133,6 +143,14 @@ def open_datasets(cfg: TrainConfig, model: nn.Module) -> tuple[Any, Any, Any]:
         test = _Head(test, cfg.eval_test_images)
     eval_train = _Head(train, cfg.eval_train_images) if hasattr(train, "__len__") else None
     return train, eval_train, test
+
+
+def open_zeroshot(cfg: TrainConfig) -> Any | None:
+    """The ``--zeroshot-data`` image folder (zero-shot accuracy and ARI), or None."""
+    if not cfg.zeroshot_data:
+        return None
+    return load_zeroshot(cfg.zeroshot_data, classnames=parse_classnames(cfg.classnames),
+                         templates=parse_templates(cfg.zeroshot_templates))  # fmt: skip
 
 
 def make_batches(
@@ -179,12 +197,13 @@ def make_probe(
 
 def evaluate_model(
     model: nn.Module, preprocess: Any, tokenizer: Any, eval_train: Any, test: Any,
-    cfg: TrainConfig, device: torch.device, tag: str,
+    cfg: TrainConfig, device: torch.device, tag: str, zeroshot: Any = None,
 ) -> tuple[dict[str, float], EmbeddingSet, dict[str, Any]]:  # fmt: skip
     """Embed the evaluation sets with ``model`` and run the whole protocol (SPEC §5).
 
     Embeddings and results are cached under the cache dir, keyed by the weights, the data and
     the evaluation settings, so an unchanged base model is evaluated once across runs.
+    ``zeroshot`` (a labelled dataset, :func:`open_zeroshot`) gives zero-shot accuracy and ARI.
     """
     if cfg.progress:
         print(f"\n== evaluating the {tag} model", flush=True)
@@ -194,9 +213,14 @@ def evaluate_model(
     train_set = None
     if eval_train is not None:
         train_set = embed_dataset(model, preprocess, tokenizer, eval_train, **kw)
+    zs_set = None
+    if zeroshot is not None:
+        zs_set = embed_dataset(model, preprocess, tokenizer, zeroshot, **kw)
     captioning = cfg.captioning and train_set is not None
     settings = [fingerprint(model), fingerprint(test), eval_train and fingerprint(eval_train),
                 cfg.blur, cfg.seed, captioning, protocol()]  # fmt: skip
+    if zeroshot is not None:
+        settings.append(fingerprint(zeroshot))
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:24]
     cached = Path(cfg.cache_dir or default_cache_dir()) / "evals" / f"{key}.json"
     if cached.is_file():
@@ -204,7 +228,7 @@ def evaluate_model(
         return saved["metrics"], test_set, saved["details"]
     result = evaluate_detailed(
         train_set if train_set is not None else test_set, test_set, blur=cfg.blur,
-        captioning=captioning, seed=cfg.seed, progress=cfg.progress,
+        captioning=captioning, seed=cfg.seed, progress=cfg.progress, zeroshot=zs_set,
     )  # fmt: skip
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
@@ -238,6 +262,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model, preprocess, tokenizer = load_model(cfg, device)
     train, eval_train, test = open_datasets(cfg, model)
+    zeroshot = open_zeroshot(cfg) if cfg.eval else None
     batches, total_steps = make_batches(cfg, train, model, preprocess, tokenizer, info)
 
     before = before_set = None
@@ -246,7 +271,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             before = state["before"]
         else:
             before, before_set, _ = evaluate_model(
-                model, preprocess, tokenizer, eval_train, test, cfg, device, "base"
+                model, preprocess, tokenizer, eval_train, test, cfg, device, "base", zeroshot
             )
     barrier(info)
 
@@ -306,16 +331,23 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                       f"TPC-CMA ({cfg.schedule}, α_target={cfg.alpha_target:g})")  # fmt: skip
         if cfg.eval:
             after, after_set, details = evaluate_model(
-                model, preprocess, tokenizer, eval_train, test, cfg, device, "aligned"
+                model, preprocess, tokenizer, eval_train, test, cfg, device, "aligned", zeroshot
             )
             metrics.update(before=before, after=after, change=gap_reduction(before, after))
+            control = find_control(cfg, output)
+            if control is not None:
+                metrics.update(control_run=str(control[0]), control=control[1],
+                               alignment_effect=alignment_effect(control[1], after))  # fmt: skip
         metrics["seconds"] = round(time.perf_counter() - t_start, 2)
         metrics["config"] = cfg.as_dict()
         if cfg.eval:
             embeddings = {"before": before_set, "after": after_set} if before_set else None
             write_run_report(output, metrics, embeddings=embeddings, details=details,
                              title=f"TPC-CMA run {output.name}")  # fmt: skip
-            print("\n" + format_table({"before": before, "after": after}, markdown=False))
+            columns = {"before": before, "after": after}
+            if "control" in metrics:
+                columns = {"before": before, CONTROL: metrics["control"], "after": after}
+            print("\n" + format_table(columns, markdown=False))
         else:
             (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"\nwrote {output}/metrics.json, report.md and plots "
