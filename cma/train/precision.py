@@ -48,7 +48,10 @@ PRECISIONS = (
     "auto", "amp", "amp_bf16", "amp_bfloat16", "amp_fp16", "bf16", "fp16", "fp32", "pure_bf16",
     "pure_fp16",
 )  # fmt: skip
-_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,8 @@ class Precision:
         """The run-record fields: ``precision``, ``autocast_dtype``, ``weights_dtype``, …"""
         return {
             "precision": self.name,
-            "autocast_dtype": _DTYPE_NAMES.get(self.autocast_dtype),  # type: ignore[arg-type]
-            "weights_dtype": _DTYPE_NAMES.get(self.weights_dtype, "float32"),  # type: ignore[arg-type]
+            "autocast_dtype": _dtype_name(self.autocast_dtype),
+            "weights_dtype": _dtype_name(self.weights_dtype or torch.float32),
             "grad_scaler": self.grad_scaler,
         }
 
@@ -144,9 +147,10 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     spec = precision_spec(name, device.type)
     dtype = spec.autocast_dtype
     if dtype is not None and not autocast_supported(device.type, dtype):
-        other = "amp_bf16" if dtype == torch.float16 else "fp32"
+        fallback = {torch.float16: "amp_bf16", torch.bfloat16: "amp"}
+        other = fallback[dtype] if device.type == "cuda" or dtype == torch.float16 else "fp32"
         raise ValueError(
-            f"precision: {spec.name} needs {_DTYPE_NAMES[dtype]} autocast on {device.type}, "
+            f"precision: {spec.name} needs {_dtype_name(dtype)} autocast on {device.type}, "
             f"which this torch {torch.__version__} / device does not support; use {other}"
         )
     return spec
