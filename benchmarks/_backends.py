@@ -357,17 +357,28 @@ def build(op: str, backend: str, x: Tensor, y: Tensor) -> Case:
     raise ValueError(f"unknown op {op!r}")
 
 
-def build_train(backend: str, dev: str, seed: int = cfg.SEED) -> Case:
+def build_train(
+    backend: str,
+    dev: str,
+    seed: int = cfg.SEED,
+    *,
+    model_name: str | None = None,
+    batch: int | None = None,
+) -> Case:
     """One training step of a small CLIP with ClipLoss (``clip``) or CMALoss (``cma``).
 
     The model is ``cma.models.create_model`` of :func:`benchmarks._config.train_setup` (random
-    weights), AdamW, random images and tokens; bf16 autocast on CUDA, fp32 on CPU.
+    weights; ``model_name`` / ``batch`` override it), AdamW, random images and tokens. On CUDA
+    the model forward runs under bf16 autocast and the loss (the alignment term's solver
+    included) in fp32 on the features cast back; on CPU everything is fp32.
     """
     from open_clip.loss import ClipLoss
 
     from cma.models import create_model
 
-    name, batch = cfg.train_setup(dev)
+    default_name, default_batch = cfg.train_setup(dev)
+    name = model_name or default_name
+    batch = batch or default_batch
     torch.manual_seed(seed)
     model = create_model(name, device=dev)[0].train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -393,7 +404,7 @@ def build_train(backend: str, dev: str, seed: int = cfg.SEED) -> Case:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_cuda):
             image_features, text_features, logit_scale = model(images, texts)
-            out = loss_fn(image_features, text_features, logit_scale)
+        out = loss_fn(image_features.float(), text_features.float(), logit_scale.float())
         total = out["total"] if isinstance(out, dict) else out
         total.backward()
         opt.step()
@@ -427,21 +438,40 @@ class _FallbackCMALoss(torch.nn.Module):
 
 @contextlib.contextmanager
 def count_iterations(info: dict[str, Any]) -> Iterator[None]:
-    """Within the block, record our solver's iterations at the final ε (x↔y) in ``info``."""
+    """Within the block, record the work of the last solve in ``info``.
+
+    Ours: ``iters`` at the final ε, ``passes`` (reductions: kernel launches on the Triton path)
+    and ``sweeps`` (cost entries over B·N·M: full N×M soft-min passes of the forward solve).
+    GeomLoss (tensorized): ``sweeps``, its soft-min calls, each one N×M pass.
+    """
     from cma_kernels import sinkhorn
 
-    original = sinkhorn._solve_pair
+    original = sinkhorn.solve
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        f, g, iters = original(*args, **kwargs)
-        info["iters"] = iters
-        return f, g, iters
+    def counted(x: Tensor, y: Tensor, *args: Any, **kwargs: Any) -> Any:
+        pot = original(x, y, *args, **kwargs)
+        info["iters"] = pot.iterations
+        info["passes"] = pot.passes
+        info["sweeps"] = pot.cost_entries / (x.shape[0] * x.shape[-2] * y.shape[-2])
+        return pot
 
-    sinkhorn._solve_pair = counted
-    try:
+    with contextlib.ExitStack() as stack:
+        sinkhorn.solve = counted
+        stack.callback(setattr, sinkhorn, "solve", original)
+        try:
+            from geomloss._legacy import sinkhorn_samples
+        except ImportError:
+            sinkhorn_samples = None
+        if sinkhorn_samples is not None:
+            softmin = sinkhorn_samples.softmin_tensorized
+
+            def counted_softmin(*args: Any, **kwargs: Any) -> Any:
+                info["sweeps"] = info.get("sweeps", 0) + 1
+                return softmin(*args, **kwargs)
+
+            sinkhorn_samples.softmin_tensorized = counted_softmin
+            stack.callback(setattr, sinkhorn_samples, "softmin_tensorized", softmin)
         yield
-    finally:
-        sinkhorn._solve_pair = original
 
 
 def _rel(a: float, b: float) -> float:

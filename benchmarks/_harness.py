@@ -169,14 +169,7 @@ class BenchContext:
             "d": self.d,
             "sizes": list(cfg.sizes()),
             "settings": {
-                "blur": cfg.BLUR,
-                "eps": cfg.BLUR**2,
-                "scaling": cfg.SCALING,
-                "tol": cfg.TOL,
-                "max_iter": cfg.MAX_ITER,
-                "pot_stop_thr": cfg.POT_STOP_THR,
-                "pot_max_iter": cfg.POT_MAX_ITER,
-                "pot_lazy_batch": cfg.POT_LAZY_BATCH,
+                **cfg.settings(),
                 "peer_timeout_s": cfg.peer_timeout(),
                 "train": list(cfg.train_setup(self.dev)),
             },
@@ -301,13 +294,17 @@ def run_case(benchmark: Any, ctx: BenchContext, op: str, backend: str, n: int) -
     }
     if res is not None:  # guarded peer: memory and accuracy from its worker run
         extra.update(
-            {k: res.get(k) for k in ("rel_err", "grad_rel_err", "peak_mb", "iters", "value")}
+            {
+                k: res.get(k)
+                for k in ("rel_err", "grad_rel_err", "peak_mb", "iters", "sweeps", "value")
+            }
         )
         extra["mem_where"] = "worker"
     else:
         value, grads = first["out"]
         extra["peak_mb"] = mem.peak_mb
         extra["iters"] = first.get("iters", case.info.get("iters"))
+        extra["sweeps"] = first.get("sweeps")
         if op != "train":
             extra.update(_backends.accuracy(op, x, y, value, grads, cfg.SEED))
         else:

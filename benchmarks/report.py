@@ -125,7 +125,7 @@ def table(rows: list[dict[str, Any]], op: str) -> str:
         return ""
     train = op == "train"
     head = "| device | N | backend | median time | vs best peer | rel. error | "
-    head += "grad rel. error | peak memory (MiB) | iterations | note |"
+    head += "grad rel. error | peak memory (MiB) | iterations | N×M sweeps | note |"
     if train:
         head = "| device | batch | loss | median time | vs ClipLoss | peak memory (MiB) | note |"
     lines = [head, "|" + "|".join("---" for _ in range(head.count("|") - 1)) + "|"]
@@ -155,11 +155,12 @@ def table(rows: list[dict[str, Any]], op: str) -> str:
         best = best_peer(rows, op, r["n"], r["device"])
         ratio = f"{r['median_s'] / best['median_s']:.2f}×" if best and r["median_s"] else "—"
         name = f"**{r['backend']}**" if not r.get("peer") else r["backend"]
-        iters = r.get("iters")
+        iters, sweeps = r.get("iters"), r.get("sweeps")
         lines.append(
             f"| {r['device']} | {r['n']} | {name} | {_fmt_time(r['median_s'])} | {ratio} | "
             f"{_fmt_err(r.get('rel_err'))} | {_fmt_err(r.get('grad_rel_err'))} | "
-            f"{_fmt_mb(r.get('peak_mb'))} | {'—' if iters is None else iters} | {note} |"
+            f"{_fmt_mb(r.get('peak_mb'))} | {'—' if iters is None else iters} | "
+            f"{'—' if sweeps is None else f'{sweeps:g}'} | {note} |"
         )
     return "\n".join(lines)
 

@@ -4,8 +4,11 @@
 
 L_CLIP is open_clip's symmetric InfoNCE (``open_clip.loss.ClipLoss``), unchanged; β = α(t)·w(t)
 is set by the curriculum each step (``CMALoss.weight``) or passed per call. Under DDP the
-features are gathered across ranks *with* gradients (open_clip's ``gather_features``) so the
-centroid and Sinkhorn terms see the global batch.
+centroid and Sinkhorn terms see the global batch: by default the solve is sharded across the
+ranks (``cma_kernels``' ``group=``: each rank passes its local features and solves for its own
+points only, per-rank work O(N²·d / W); see docs/sharding.md); with ``shard_alignment=False``
+the features are instead gathered *with* gradients (open_clip's ``gather_features``) and every
+rank solves the whole problem. Both give the same value and the same DDP-averaged gradients.
 """
 
 from __future__ import annotations
@@ -17,6 +20,11 @@ from open_clip.loss import ClipLoss, gather_features
 from torch import Tensor, nn
 
 from cma_kernels import gap_terms
+
+
+def _float32(t: Tensor) -> Tensor:
+    """``t`` in float32 (float64 kept for gradient checks)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 class LossTerms(NamedTuple):
@@ -36,6 +44,11 @@ class CMALoss(nn.Module):
     weighted (β·L_align), so the two terms add up to ``total``. In open_clip's own training
     loop (which sums the dict's values) build it with ``with_total=False``.
     The unweighted parts of the last call are kept in ``last_terms`` (floats) for logging.
+
+    Under DDP (``world_size > 1``, default process group) ``shard_alignment=True`` (default)
+    shards the alignment solve across the ranks instead of gathering the features; its
+    gradients follow the DDP convention of ``gather_with_grad=True`` (each rank W × the
+    whole-batch gradient of its own features, averaged by DDP), whatever ``gather_with_grad``.
     """
 
     def __init__(
@@ -55,6 +68,7 @@ class CMALoss(nn.Module):
         cache_labels: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        shard_alignment: bool = True,
     ) -> None:
         super().__init__()
         self.weight = float(weight)
@@ -70,6 +84,9 @@ class CMALoss(nn.Module):
         self.with_total = with_total
         self.gather_with_grad = gather_with_grad
         self.rank, self.world_size = rank, world_size
+        self.shard_alignment = shard_alignment and world_size > 1
+        if self.shard_alignment:
+            self.solver["group"] = True  # the default process group, as ClipLoss's gathers
         self.clip = ClipLoss(
             local_loss=local_loss,
             gather_with_grad=gather_with_grad,
@@ -82,9 +99,14 @@ class CMALoss(nn.Module):
     def terms(
         self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor
     ) -> LossTerms:
-        """L_CLIP and the unweighted L_align (on the globally gathered batch under DDP)."""
+        """L_CLIP and the unweighted L_align (on the globally gathered batch under DDP).
+
+        L_CLIP runs as open_clip runs it (under the caller's autocast, if any); L_align and its
+        parts are computed with autocast disabled on float32 features (float64 kept) and are
+        float32 tensors whatever the feature dtype.
+        """
         contrastive = self.clip(image_features, text_features, logit_scale)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.shard_alignment:
             image_features, text_features = gather_features(
                 image_features,
                 text_features,
@@ -92,9 +114,14 @@ class CMALoss(nn.Module):
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        gaps = gap_terms(image_features, text_features, **self.solver)
-        align = self.lambda_centroid * gaps.centroid + self.lambda_distribution * gaps.distribution
-        return LossTerms(contrastive, align.to(contrastive.dtype), gaps.centroid, gaps.distribution)
+        # L_align in float32 whatever the autocast around us (SPEC §4): the solver's matmuls in
+        # bf16 would move S_ε by ~1e-3 relative, and the custom ops have no autocast rule.
+        with torch.autocast(image_features.device.type, enabled=False):
+            gaps = gap_terms(_float32(image_features), _float32(text_features), **self.solver)
+            align = (
+                self.lambda_centroid * gaps.centroid + self.lambda_distribution * gaps.distribution
+            )
+        return LossTerms(contrastive, align, gaps.centroid, gaps.distribution)
 
     def combine(self, terms: LossTerms, weight: float | None = None) -> dict[str, Tensor]:
         """The output dict for ``terms`` with β = ``weight`` (default ``self.weight``)."""

@@ -17,12 +17,15 @@ from .functional import (
     gap_terms,
     pairwise_sqdist,
 )
-from .sinkhorn import epsilon_schedule, sinkhorn_divergence
+from .samples_loss import SamplesLoss
+from .sinkhorn import Potentials, epsilon_schedule, sinkhorn_divergence, sinkhorn_potentials
 
 __all__ = [
     "CentroidStats",
     "CostOperator",
     "GapTerms",
+    "Potentials",
+    "SamplesLoss",
     "centroid_stats",
     "distribution_gap_loss",
     "epsilon_schedule",
@@ -30,6 +33,7 @@ __all__ = [
     "pairwise_sqdist",
     "resolve_backend",
     "sinkhorn_divergence",
+    "sinkhorn_potentials",
 ]
 
 __version__ = "0.1.0"

@@ -1,10 +1,11 @@
 """PyTorch reference twins of every kernel: the test oracle and the CPU path.
 
-Two strategies implement the same cost operator (see :class:`cma_kernels.cost.CostOperator`):
+Two strategies implement the same batched cost operator (see
+:class:`cma_kernels.cost.CostOperator`), for clouds x (B, N, d), y (B, M, d):
 
-* :class:`TensorizedCost` materialises the (N, M) cost matrix once, memory O(N·M);
+* :class:`TensorizedCost` materialises the (B, N, M) cost once, memory O(B·N·M);
 * :class:`ChunkedCost` recomputes the cost block by block with an online log-sum-exp,
-  memory O((N + M)·block), the CPU analogue of the fused Triton kernels.
+  memory O(B·(N + M)·block), the CPU analogue of the fused Triton kernels.
 
 All arithmetic happens in the dtype of the (already upcast) inputs: float32, or float64 for
 gradient checks.
@@ -36,52 +37,61 @@ def sqdist(
 
 
 def _sqdist(x: Tensor, y: Tensor) -> Tensor:
-    xx = (x * x).sum(dim=1, keepdim=True)
-    yy = (y * y).sum(dim=1).unsqueeze(0)
-    return torch.addmm(xx + yy, x, y.T, alpha=-2.0).clamp_min_(0.0)
+    """(…, N, M) squared distances of (…, N, d) and (…, M, d) clouds."""
+    xx = (x * x).sum(dim=-1, keepdim=True)
+    yy = (y * y).sum(dim=-1).unsqueeze(-2)
+    mm = torch.baddbmm if x.dim() == 3 else torch.addmm
+    return mm(xx + yy, x, y.mT, alpha=-2.0).clamp_min_(0.0)
 
 
-def centroid(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> CentroidStats:
-    """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and the squared centroid gap ‖μ_x − μ_y‖²."""
-    mu_x = a @ x
-    mu_y = b @ y
+def centroid(x: Tensor, y: Tensor, a: Tensor | None, b: Tensor | None) -> CentroidStats:
+    """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and ‖μ_x − μ_y‖², over the last-but-one axis.
+
+    ``None`` weights are uniform (a plain mean: no weight vector is built).
+    """
+    mu_x = x.mean(dim=-2) if a is None else (a.unsqueeze(-2) @ x).squeeze(-2)
+    mu_y = y.mean(dim=-2) if b is None else (b.unsqueeze(-2) @ y).squeeze(-2)
     diff = mu_x - mu_y
-    return CentroidStats(mu_x, mu_y, (diff * diff).sum())
+    return CentroidStats(mu_x, mu_y, (diff * diff).sum(dim=-1))
 
 
-def _bounding_diameter(x: Tensor, y: Tensor) -> float:
-    both = torch.cat([x, y])
-    return float((both.amax(0) - both.amin(0)).norm())
+def bounding_diameter(x: Tensor, y: Tensor) -> Tensor:
+    """Largest bounding-box diagonal of x_b ∪ y_b over the batch, a 0-dim tensor (no sync)."""
+    upper = torch.maximum(x.amax(-2), y.amax(-2))
+    lower = torch.minimum(x.amin(-2), y.amin(-2))
+    return (upper - lower).norm(dim=-1).amax()
 
 
 class TensorizedCost(CostOperator):
-    """Cost operator holding the dense (N, M) matrix C_ij = ‖x_i − (y_j + shift)‖²."""
+    """Cost operator holding the dense (B, N, M) tensor C_bij = ‖x_bi − (y_bj + shift_b)‖²."""
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
         super().__init__(x, y, shift)
-        self.cost = _sqdist(self.x, self.y_shifted)
+        self._y_shifted = self.y_shifted
+        self.cost = _sqdist(self.x, self._y_shifted)
 
-    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        return -eps * torch.logsumexp(h.unsqueeze(0) - self.cost / eps, dim=1)
+    def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        return -eps * torch.logsumexp(h.unsqueeze(-2) - self.cost / eps, dim=-1)
 
-    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        return -eps * torch.logsumexp(h.unsqueeze(1) - self.cost / eps, dim=0)
+    def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        return -eps * torch.logsumexp(h.unsqueeze(-1) - self.cost / eps, dim=-2)
 
-    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        return torch.softmax(h.unsqueeze(0) - self.cost / eps, dim=1) @ self.y_shifted
+    def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        return torch.softmax(h.unsqueeze(-2) - self.cost / eps, dim=-1) @ self._y_shifted
 
-    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        return torch.softmax(h.unsqueeze(1) - self.cost / eps, dim=0).T @ self.x
+    def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        return torch.softmax(h.unsqueeze(-1) - self.cost / eps, dim=-2).mT @ self.x
 
-    def diameter(self) -> float:
-        return _bounding_diameter(self.x, self.y_shifted)
+    def diameter(self) -> Tensor:
+        return bounding_diameter(self.x, self._y_shifted)
 
 
 class ChunkedCost(CostOperator):
-    """Cost operator that never holds more than ``block × (N or M)`` cost entries.
+    """Cost operator that never holds more than ``B × block × (N or M)`` cost entries.
 
     Each call walks row (or column) blocks, recomputes the block from the embeddings and reduces
-    it at once: memory O((N + M)·block) instead of O(N·M). A block of scores is one ``addmm``:
+    it at once: memory O(B·(N + M)·block) instead of O(B·N·M). A block of scores is one
+    ``baddbmm``:
 
         h_j − C_ij/ε = [h_j − ‖c_j‖²/ε] + (2/ε)·⟨r_i, c_j⟩ − ‖r_i‖²/ε,
 
@@ -99,61 +109,63 @@ class ChunkedCost(CostOperator):
     ) -> None:
         super().__init__(x, y, shift)
         self.chunk_elements = chunk_elements
-        self._x_sq = (self.x * self.x).sum(dim=1)
-        self._y_sq = (self.y_shifted * self.y_shifted).sum(dim=1)
+        self._y_shifted = self.y_shifted
+        self._x_sq = (self.x * self.x).sum(dim=-1)
+        self._y_sq = (self._y_shifted * self._y_shifted).sum(dim=-1)
 
     def _blocks(self, length: int, other: int) -> range:
-        step = max(1, self.chunk_elements // max(other, 1))
+        step = max(1, self.chunk_elements // max(other * self.batch, 1))
         return range(0, length, step)
+
+    def _scores(self, col_term: Tensor, rows: Tensor, cols: Tensor, eps: float) -> Tensor:
+        """The block [h_j − ‖c_j‖²/ε] + (2/ε)·⟨r_i, c_j⟩, (B, rows, cols)."""
+        return torch.baddbmm(col_term.unsqueeze(-2), rows, cols.mT, alpha=2.0 / eps)
 
     def _reduce_rows(
         self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, rows_sq: Tensor, cols_sq: Tensor
     ) -> Tensor:
         """−ε·LSE over ``cols`` of h_j − C(rows_i, cols_j)/ε, for every row, in blocks."""
-        lse = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+        lse = torch.empty(rows.shape[:-1], dtype=rows.dtype, device=rows.device)
         col_term = h - cols_sq / eps
-        starts = self._blocks(rows.shape[0], cols.shape[0])
+        starts = self._blocks(rows.shape[-2], cols.shape[-2])
         step = starts.step
         for s in starts:
-            block = torch.addmm(col_term.unsqueeze(0), rows[s : s + step], cols.T, alpha=2.0 / eps)
-            peak = block.amax(dim=1, keepdim=True)
+            block = self._scores(col_term, rows[:, s : s + step], cols, eps)
+            peak = block.amax(dim=-1, keepdim=True)
             block.sub_(peak).exp_()
-            lse[s : s + step] = peak.squeeze(1) + block.sum(dim=1).log_()
-            del block  # free it before the next addmm allocates: one block alive at a time
+            lse[:, s : s + step] = peak.squeeze(-1) + block.sum(dim=-1).log_()
+            del block  # free it before the next baddbmm allocates: one block alive at a time
         return rows_sq - eps * lse  # −ε·(lse − ‖r_i‖²/ε)
 
-    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        return self._reduce_rows(h, eps, self.x, self.y_shifted, self._x_sq, self._y_sq)
+    def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        return self._reduce_rows(h, eps, self.x, self._y_shifted, self._x_sq, self._y_sq)
 
-    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        return self._reduce_rows(h, eps, self.y_shifted, self.x, self._y_sq, self._x_sq)
+    def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        return self._reduce_rows(h, eps, self._y_shifted, self.x, self._y_sq, self._x_sq)
 
     def _barycenter(
         self, h: Tensor, eps: float, rows: Tensor, cols: Tensor, cols_sq: Tensor
     ) -> Tensor:
         """Σ over ``cols`` of softmax(h_j − C(rows_i, cols_j)/ε)·cols_j, in row blocks."""
-        out = torch.empty(rows.shape[0], cols.shape[1], dtype=rows.dtype, device=rows.device)
+        out = torch.empty(rows.shape[:-1] + cols.shape[-1:], dtype=rows.dtype, device=rows.device)
         col_term = h - cols_sq / eps
-        starts = self._blocks(rows.shape[0], cols.shape[0])
+        starts = self._blocks(rows.shape[-2], cols.shape[-2])
         step = starts.step
         for s in starts:
-            block = torch.addmm(col_term.unsqueeze(0), rows[s : s + step], cols.T, alpha=2.0 / eps)
-            block.sub_(block.amax(dim=1, keepdim=True)).exp_()
-            out[s : s + step] = (block @ cols).div_(block.sum(dim=1, keepdim=True))
+            block = self._scores(col_term, rows[:, s : s + step], cols, eps)
+            block.sub_(block.amax(dim=-1, keepdim=True)).exp_()
+            out[:, s : s + step] = (block @ cols).div_(block.sum(dim=-1, keepdim=True))
             del block
         return out
 
-    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        return self._barycenter(h, eps, self.x, self.y_shifted, self._y_sq)
+    def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        return self._barycenter(h, eps, self.x, self._y_shifted, self._y_sq)
 
-    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        return self._barycenter(h, eps, self.y_shifted, self.x, self._x_sq)
+    def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        return self._barycenter(h, eps, self._y_shifted, self.x, self._x_sq)
 
-    def diameter(self) -> float:
-        # == _bounding_diameter (max/min are exact), without its (N + M, d) concatenation
-        upper = torch.maximum(self.x.amax(0), self.y_shifted.amax(0))
-        lower = torch.minimum(self.x.amin(0), self.y_shifted.amin(0))
-        return float((upper - lower).norm())
+    def diameter(self) -> Tensor:
+        return bounding_diameter(self.x, self._y_shifted)
 
 
 STRATEGIES = ("auto", "tensorized", "chunked")
@@ -162,10 +174,11 @@ STRATEGIES = ("auto", "tensorized", "chunked")
 def make_cost(
     x: Tensor, y: Tensor, shift: Tensor | None = None, strategy: str = "auto"
 ) -> CostOperator:
-    """The reference cost operator: tensorized for small problems, chunked for large ones."""
+    """The reference cost operator for (B, N, d), (B, M, d) clouds: tensorized for small
+    problems, chunked for large ones."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     if strategy == "auto":
-        small = x.shape[0] * y.shape[0] <= TENSORIZED_MAX_ELEMENTS
+        small = x.shape[0] * x.shape[-2] * y.shape[-2] <= TENSORIZED_MAX_ELEMENTS
         strategy = "tensorized" if small else "chunked"
     return TensorizedCost(x, y, shift) if strategy == "tensorized" else ChunkedCost(x, y, shift)

@@ -163,50 +163,48 @@ def test_loss_gradient_matches_finite_differences(weighted: bool) -> None:
 @pytest.mark.parametrize("with_shift", [False, True])
 @pytest.mark.parametrize("eps", [0.01, 0.3])
 def test_chunked_primitives_match_tensorized(chunk_elements, with_shift, eps) -> None:
+    """A batch of two different problems: chunked == tensorized == the explicit formulas."""
     n, m, d = 13, 10, 5
-    x, y = _ball(31, n, d), _ball(32, m, d, 1.0, 0.3)
+    x = torch.stack([_ball(31, n, d), _ball(34, n, d, 0.7)])
+    y = torch.stack([_ball(32, m, d, 1.0, 0.3), _ball(35, m, d, 1.2, -0.2)])
     rng = np.random.default_rng(33)
-    shift = torch.from_numpy(rng.uniform(-0.5, 0.5, d)) if with_shift else None
-    h_m = torch.from_numpy(rng.standard_normal(m))  # indexed by y (rows reductions)
-    h_n = torch.from_numpy(rng.standard_normal(n))  # indexed by x (column reductions)
+    shift = torch.from_numpy(rng.uniform(-0.5, 0.5, (2, d))) if with_shift else None
+    h_m = torch.from_numpy(rng.standard_normal((2, m)))  # indexed by y (rows reductions)
+    h_n = torch.from_numpy(rng.standard_normal((2, n)))  # indexed by x (column reductions)
 
     dense = reference.TensorizedCost(x, y, shift)
     chunked = reference.ChunkedCost(x, y, shift, chunk_elements=chunk_elements)
     assert len(chunked._blocks(n, m)) > 1 and len(chunked._blocks(m, n)) > 1
 
     close = {"rtol": 1e-12, "atol": 1e-12}
-    torch.testing.assert_close(
-        chunked.softmin_rows(h_m, eps), dense.softmin_rows(h_m, eps), **close
-    )
-    torch.testing.assert_close(
-        chunked.softmin_cols(h_n, eps), dense.softmin_cols(h_n, eps), **close
-    )
-    torch.testing.assert_close(
-        chunked.barycenter_rows(h_m, eps), dense.barycenter_rows(h_m, eps), **close
-    )
-    torch.testing.assert_close(
-        chunked.barycenter_cols(h_n, eps), dense.barycenter_cols(h_n, eps), **close
-    )
-    assert chunked.diameter() == pytest.approx(dense.diameter(), rel=1e-12)
+    for name, h in (("softmin_rows", h_m), ("softmin_cols", h_n)):
+        for kind in ("softmin", "barycenter"):
+            method = name.replace("softmin", kind)
+            torch.testing.assert_close(
+                getattr(chunked, method)(h, eps), getattr(dense, method)(h, eps), **close
+            )
+    assert float(chunked.diameter()) == pytest.approx(float(dense.diameter()), rel=1e-12)
+    assert chunked.passes == dense.passes == 4
+    assert dense.cost_entries == 4 * 2 * n * m
 
-    # and the tensorized ones are what their docstrings say, from an explicit cost matrix
-    y_s = y if shift is None else y + shift
-    c = ((x[:, None, :] - y_s[None, :, :]) ** 2).sum(-1)
-    torch.testing.assert_close(
-        dense.softmin_rows(h_m, eps), -eps * torch.logsumexp(h_m[None, :] - c / eps, 1), **close
-    )
-    torch.testing.assert_close(
-        dense.softmin_cols(h_n, eps), -eps * torch.logsumexp(h_n[:, None] - c / eps, 0), **close
-    )
-    w = torch.softmax(h_m[None, :] - c / eps, 1)
-    torch.testing.assert_close(dense.barycenter_rows(h_m, eps), w @ y_s, **close)
-    w = torch.softmax(h_n[:, None] - c / eps, 0)
-    torch.testing.assert_close(dense.barycenter_cols(h_n, eps), w.T @ x, **close)
+    # and the tensorized ones are what their docstrings say, item by item, from explicit costs
+    for i in range(2):
+        y_s = y[i] if shift is None else y[i] + shift[i]
+        c = ((x[i][:, None, :] - y_s[None, :, :]) ** 2).sum(-1)
+        hm, hn = h_m[i], h_n[i]
+        want_rows = -eps * torch.logsumexp(hm[None, :] - c / eps, 1)
+        want_cols = -eps * torch.logsumexp(hn[:, None] - c / eps, 0)
+        torch.testing.assert_close(dense.softmin_rows(h_m, eps)[i], want_rows, **close)
+        torch.testing.assert_close(dense.softmin_cols(h_n, eps)[i], want_cols, **close)
+        w = torch.softmax(hm[None, :] - c / eps, 1)
+        torch.testing.assert_close(dense.barycenter_rows(h_m, eps)[i], w @ y_s, **close)
+        w = torch.softmax(hn[:, None] - c / eps, 0)
+        torch.testing.assert_close(dense.barycenter_cols(h_n, eps)[i], w.T @ x[i], **close)
 
 
 def test_chunked_primitives_float32() -> None:
-    x, y = _ball(34, 17, 6).float(), _ball(35, 11, 6, 1.0, 0.3).float()
-    h = torch.randn(11, generator=torch.Generator().manual_seed(0))
+    x, y = _ball(34, 17, 6).float()[None], _ball(35, 11, 6, 1.0, 0.3).float()[None]
+    h = torch.randn(1, 11, generator=torch.Generator().manual_seed(0))
     dense = reference.TensorizedCost(x, y)
     chunked = reference.ChunkedCost(x, y, chunk_elements=30)
     torch.testing.assert_close(chunked.softmin_rows(h, 0.05), dense.softmin_rows(h, 0.05))

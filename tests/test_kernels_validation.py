@@ -68,7 +68,7 @@ BAD_CLOUDS = {
     "no points": lambda: torch.empty(0, 3),
     "no features": lambda: torch.empty(5, 0),
     "1-D": lambda: torch.randn(5),
-    "3-D": lambda: torch.randn(2, 5, 3),
+    "4-D": lambda: torch.randn(2, 2, 5, 3),
     "0-D": lambda: torch.tensor(1.0),
     "int64": lambda: torch.ones(5, 3, dtype=torch.int64),
     "int32": lambda: torch.ones(5, 3, dtype=torch.int32),

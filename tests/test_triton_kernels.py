@@ -28,7 +28,7 @@ from cma_kernels.triton import _common, _config
 
 pytestmark = pytest.mark.triton
 
-#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu_check.sh).
+#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu.sh).
 DEVICE = "cpu" if _config.interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA device", allow_module_level=True)
@@ -76,13 +76,42 @@ def split2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_config, "INTERPRET_SPLIT", 2)
 
 
+class Unbatched:
+    """A batch-of-one cost operator seen with unbatched (N, d) / (N,) arguments."""
+
+    def __init__(self, op: cma_kernels.CostOperator) -> None:
+        self.op = op
+
+    def __getattr__(self, name: str):
+        method = getattr(self.op, name)
+        if name == "diameter":
+            return lambda: float(method())
+        return lambda h, eps: method(h[None], eps)[0]
+
+
+def make_tc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
+    """The Triton cost operator of one (x, y, shift) problem (batch of one)."""
+    same = y is x
+    xb = x[None]
+    return Unbatched(
+        tk.make_cost(xb, xb if same else y[None], None if shift is None else shift[None])
+    )
+
+
+def make_rc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
+    """The float64 reference operator of the same problem."""
+    return Unbatched(
+        reference.TensorizedCost(x[None], y[None], None if shift is None else shift[None])
+    )
+
+
 # ----------------------------------------------------------------------------- API surface
 
 
 def test_same_primitives_as_reference() -> None:
     for name in ("sqdist", "centroid", "make_cost"):
         assert callable(getattr(tk, name))
-    cost = tk.make_cost(cloud(5, 16, 0), cloud(7, 16, 1), None, strategy="chunked")
+    cost = tk.make_cost(cloud(5, 16, 0)[None], cloud(7, 16, 1)[None], None, strategy="chunked")
     assert isinstance(cost, tk.TritonCost)
     assert isinstance(cost, cma_kernels.CostOperator)
 
@@ -214,8 +243,8 @@ def _potentials(eps: float) -> tuple[Tensor, Tensor]:
 @pytest.mark.parametrize("shifted", [False, True])
 def test_cost_reductions_match_reference(dtype: torch.dtype, eps: float, shifted: bool) -> None:
     x, y, shift = _pair(dtype, shifted=shifted)
-    tc = tk.make_cost(x, y, shift)
-    rc = reference.TensorizedCost(x.double(), y.double(), None if shift is None else shift.double())
+    tc = make_tc(x, y, shift)
+    rc = make_rc(x.double(), y.double(), None if shift is None else shift.double())
     hb, ha = _potentials(eps)
     f = tc.softmin_rows(hb, eps)
     g = tc.softmin_cols(ha, eps)
@@ -229,13 +258,37 @@ def test_cost_reductions_match_reference(dtype: torch.dtype, eps: float, shifted
     assert tc.diameter() == pytest.approx(rc.diameter(), rel=1e-5)
 
 
+def test_batched_reductions_match_reference_per_item() -> None:
+    """B = 3 different problems of odd sizes (N ≠ M), with a shift per item."""
+    xs = torch.stack([cloud(N, 24, 40 + i) for i in range(3)])
+    ys = torch.stack([cloud(M, 24, 50 + i, offset=0.1 * i) for i in range(3)])
+    shift = torch.stack([cloud(1, 24, 60 + i)[0] * 0.2 for i in range(3)])
+    tc = tk.make_cost(xs, ys, shift)
+    rc = reference.TensorizedCost(xs.double(), ys.double(), shift.double())
+    g = torch.Generator().manual_seed(61)
+    hb = torch.randn(3, M, generator=g, dtype=torch.float64).to(DEVICE)
+    ha = torch.randn(3, N, generator=g, dtype=torch.float64).to(DEVICE)
+    for eps in EPSILONS:
+        scale = 1.0 / (400 * eps)
+        close(tc.softmin_rows(hb.float(), eps), rc.softmin_rows(hb, eps), torch.float32)
+        close(tc.softmin_cols(ha.float(), eps), rc.softmin_cols(ha, eps), torch.float32)
+        close(
+            tc.barycenter_rows(hb.float(), eps), rc.barycenter_rows(hb, eps), torch.float32, scale
+        )
+        close(
+            tc.barycenter_cols(ha.float(), eps), rc.barycenter_cols(ha, eps), torch.float32, scale
+        )
+    assert float(tc.diameter()) == pytest.approx(float(rc.diameter()), rel=1e-5)
+    assert tc.passes == 4 * len(EPSILONS) and tc.cost_entries == tc.passes * 3 * N * M
+
+
 @pytest.mark.parametrize("eps", EPSILONS)
 def test_cost_feature_chunks(eps: float) -> None:
     """d = 40: two BLOCK_K chunks in the cost and two BLOCK_V output blocks in the barycenter."""
     x, y, shift = _pair(torch.float32, d=40)
     tc, rc = (
-        tk.make_cost(x, y, shift),
-        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+        make_tc(x, y, shift),
+        make_rc(x.double(), y.double(), shift.double()),
     )
     hb, ha = _potentials(eps)
     close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
@@ -249,8 +302,8 @@ def test_cost_feature_chunks(eps: float) -> None:
 def test_softmin_column_split_merge(eps: float, split2: None) -> None:
     x, y, shift = _pair(torch.float32)
     tc, rc = (
-        tk.make_cost(x, y, shift),
-        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+        make_tc(x, y, shift),
+        make_rc(x.double(), y.double(), shift.double()),
     )
     hb, ha = _potentials(eps)
     close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
@@ -259,8 +312,8 @@ def test_softmin_column_split_merge(eps: float, split2: None) -> None:
 
 def test_self_problem_shares_the_prologue() -> None:
     x = cloud(N, 24, 26)
-    tc, rc = tk.make_cost(x, x), reference.TensorizedCost(x.double(), x.double())
-    assert tc.v is tc.u
+    tc, rc = make_tc(x, x), make_rc(x.double(), x.double())
+    assert tc.op.v[0] is tc.op.u[0]
     h = weights(N, 27).log()
     for eps in EPSILONS:
         close(tc.softmin_rows(h, eps), rc.softmin_rows(h.double(), eps), torch.float32)
@@ -280,8 +333,8 @@ def test_zero_weights_and_empty_tiles() -> None:
     b /= b.sum()
     hb = b.log()
     tc, rc = (
-        tk.make_cost(x, y, shift),
-        reference.TensorizedCost(x.double(), y.double(), shift.double()),
+        make_tc(x, y, shift),
+        make_rc(x.double(), y.double(), shift.double()),
     )
     for eps in EPSILONS:
         f = tc.softmin_rows(hb, eps)
@@ -297,7 +350,7 @@ def test_zero_weights_and_empty_tiles() -> None:
 
 def test_float64_inputs_computed_in_fp32() -> None:
     x, y, shift = _pair(torch.float64)
-    tc, rc = tk.make_cost(x, y, shift), reference.TensorizedCost(x, y, shift)
+    tc, rc = make_tc(x, y, shift), make_rc(x, y, shift)
     hb, _ = _potentials(0.25)
     f = tc.softmin_rows(hb.double(), 0.25)
     assert f.dtype == torch.float64
@@ -345,9 +398,9 @@ def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch
     """
     _set_precision(monkeypatch, prec)
     x, y, shift = _pair(dtype, d=40)
-    tc = tk.make_cost(x, y, shift)
-    assert tc.prec == prec
-    rc = reference.TensorizedCost(x.double(), y.double(), shift.double())
+    tc = make_tc(x, y, shift)
+    assert tc.op.prec == prec
+    rc = make_rc(x.double(), y.double(), shift.double())
     tf32_exact = dtype != torch.float32 or _config.interpreted()
     exact_cost = prec == "tf32x3" or (prec == "tf32" and tf32_exact) or prec == _DTYPE_NAME[dtype]
     exact_plan = prec == "tf32x3" or (prec == "tf32" and tf32_exact)

@@ -32,7 +32,7 @@ from cma_kernels.triton import _config
 
 pytestmark = pytest.mark.triton
 
-#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu_check.sh).
+#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu.sh).
 DEVICE = "cpu" if _config.interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA device", allow_module_level=True)

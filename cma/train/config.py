@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cma.curriculum import SCHEDULES
+from cma.train.precision import PRECISIONS
 
 DATASET_TYPES = ("embedded", "csv", "coco", "imagefolder", "webdataset")
 #: Default learning rates: the small embedded-world base model moves at 1e-3 (at 1e-4 the
@@ -43,6 +44,8 @@ class TrainConfig:
     steps: int | None = 300
     epochs: float | None = None
     grad_clip_norm: float | None = 1.0
+    precision: str = "auto"  # open_clip's names; auto: amp on CUDA, fp32 elsewhere
+    torchcompile: bool = False
     # alignment
     alpha_target: float = 0.5
     schedule: str = "tpc"
@@ -53,6 +56,7 @@ class TrainConfig:
     ramp_frac: float = 0.35
     refresh_every: int = 10
     fused: bool = False
+    shard_alignment: bool = True  # under torchrun: the alignment solve sharded across ranks
     # run
     output: str | None = None
     seed: int = 0
@@ -74,6 +78,8 @@ class TrainConfig:
             self.lr = EMBEDDED_LR if self.model is None else MODEL_LR
         if self.dataset_type not in DATASET_TYPES:
             raise ValueError(f"dataset_type: expected one of {DATASET_TYPES}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         if self.dataset_type != "embedded" and not self.train_data:
@@ -137,6 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=d.steps)
     g.add_argument("--epochs", type=float, default=d.epochs, help="overrides --steps")
     g.add_argument("--grad-clip-norm", type=float, default=d.grad_clip_norm)
+    g.add_argument(
+        "--precision",
+        default=d.precision,
+        choices=PRECISIONS,
+        help="open_clip's names: amp = fp16 autocast + GradScaler (bf16 autocast on the CPU), "
+        "amp_bf16 = bf16 autocast, bf16/fp16/pure_* = low-precision weights, amp_fp16 = fp16 "
+        "autocast + GradScaler on any device; auto = amp on CUDA, fp32 elsewhere. The "
+        "alignment term is always float32",
+    )
+    g.add_argument(
+        "--torchcompile",
+        action="store_true",
+        help="torch.compile the model (default backend; env CMA_COMPILE_BACKEND overrides)",
+    )
     g = p.add_argument_group("alignment")
     g.add_argument("--alpha-target", type=float, default=d.alpha_target)
     g.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
@@ -147,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ramp-frac", type=float, default=d.ramp_frac)
     g.add_argument("--refresh-every", type=int, default=d.refresh_every)
     g.add_argument("--fused", action="store_true", help="fused Triton kernels (CUDA)")
+    g.add_argument(
+        "--no-shard-alignment",
+        dest="shard_alignment",
+        action="store_false",
+        help="under torchrun: gather every rank's features and solve the whole alignment "
+        "problem on each rank (the reference) instead of sharding the solve across ranks",
+    )
     g = p.add_argument_group("run")
     g.add_argument("--output", default=d.output, help="default: runs/<schedule>-a<α>-s<seed>")
     g.add_argument("--seed", type=int, default=d.seed)

@@ -1,10 +1,15 @@
 """The TPC-CMA training loop: one step = L_CLIP + α(t)·w(t)·L_align, robust to bad steps and kills.
 
-Per step: forward both towers, the loss terms (:class:`cma.losses.CMALoss`), on refresh steps
-the gradient norms of both terms on the shared projections (for w(t)), then AdamW on the total.
-A step whose features, loss or gradients are not finite is skipped (no update) and counted; too
-many in a row stop the run. SIGTERM/SIGINT finish the current step, write a checkpoint and raise
-:class:`Interrupted`; ``--resume`` continues from it with the same data, schedule and RNG.
+Per step: forward both towers and the loss terms (:class:`cma.losses.CMALoss`) under the run's
+autocast (:mod:`cma.train.precision`; L_align itself is float32), on refresh steps the gradient
+norms of both terms on the shared projections (for w(t)), then AdamW on the total. A step whose
+features, loss or gradients are not finite is skipped (no update) and counted; too many in a row
+stop the run. With a GradScaler (fp16 autocast) the total is scaled before ``backward``, the
+gradients unscaled before clipping, and a step whose gradients overflowed is skipped and
+counted the same way (GradScaler skips it and lowers the scale); the w(t) gradient norms are
+taken on the scaled terms and divided by the scale. SIGTERM/SIGINT finish the current step,
+write a checkpoint and raise :class:`Interrupted`; ``--resume`` continues from it with the same
+data, schedule, RNG and GradScaler state.
 """
 
 from __future__ import annotations
@@ -22,13 +27,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cma.curriculum import Curriculum
-from cma.losses import CMALoss, grad_norm
+from cma.losses import CMALoss, LossTerms, grad_norm
 from cma.train.checkpoint import FORMAT, LAST, save_atomic
+from cma.train.precision import Precision, precision_spec
 
 LOG_FIELDS = (
     "step", "phase", "alpha", "w", "weight", "lr", "loss_total", "loss_contrastive",
     "loss_align", "centroid_gap_sq", "distribution_gap_sq", "logit_scale", "ema_clip_grad",
-    "ema_align_grad", "skipped", "gap_centroid", "gap_distribution", "gap_total", "seconds",
+    "ema_align_grad", "skipped", "grad_scale", "gap_centroid", "gap_distribution", "gap_total",
+    "seconds",
 )  # fmt: skip
 
 
@@ -41,7 +48,8 @@ class TrainingDiverged(RuntimeError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under a DistributedDataParallel wrapper."""
+    """The bare model under ``torch.compile`` and/or DistributedDataParallel wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return getattr(model, "module", model)
 
 
@@ -100,6 +108,7 @@ class Trainer:
         extra_state: dict[str, Any] | None = None,
         progress: bool = True,
         sync_flag: Callable[[bool], bool] = lambda flag: flag,
+        precision: Precision | None = None,
     ) -> None:
         self.model, self.loss, self.curriculum, self.optimizer = model, loss, curriculum, optimizer
         self.base_lr, self.warmup, self.device = base_lr, warmup, device
@@ -113,6 +122,8 @@ class Trainer:
         self.extra_state = extra_state or {}
         self.sync_flag = sync_flag  # all-reduce of "this step is bad" under DDP
         self.shared = shared_parameters(model)
+        self.precision = precision or precision_spec("fp32", device.type)
+        self.scaler = self.precision.make_scaler()
         self.history: list[dict[str, Any]] = []
         self.skipped_total = 0
         self.bad_in_a_row = 0
@@ -133,6 +144,7 @@ class Trainer:
             "skipped_total": self.skipped_total,
             "bad_in_a_row": self.bad_in_a_row,
             "seconds": self.seconds,
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             **self.extra_state,
         }
 
@@ -145,6 +157,8 @@ class Trainer:
         self.skipped_total = int(state.get("skipped_total", 0))
         self.bad_in_a_row = int(state.get("bad_in_a_row", 0))
         self.seconds = float(state.get("seconds", 0.0))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def save(self) -> Path | None:
         """Write ``checkpoint_last.pt`` atomically (main process only)."""
@@ -161,28 +175,43 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _grad_norms(self, terms: LossTerms) -> tuple[float, float]:
+        """‖∇L_CLIP‖, ‖∇L_align‖ on the shared parameters, unscaled: under a GradScaler both
+        terms are multiplied by the scale s before ``autograd.grad`` (no fp16 underflow) and
+        the norms divided by s; an overflow gives inf, which the curriculum ignores."""
+        s = self.scaler.get_scale() if self.scaler is not None else 1.0
+        return (
+            grad_norm(terms.contrastive * s, self.shared) / s,
+            grad_norm(terms.align * s, self.shared) / s,
+        )
+
     def step(self, images: Tensor, tokens: Tensor) -> dict[str, Any]:
         """One optimisation step (or a counted skip); returns its log record."""
         self.model.train()
         lr = self._set_lr()
         cur = self.curriculum
         record: dict[str, Any] = {"step": cur.step, "phase": cur.phase(), "lr": lr}
-        image_f, text_f, scale = _features(
-            self.model(images.to(self.device, non_blocking=True), tokens.to(self.device))
-        )
-        bad = not _all_finite(image_f, text_f, scale)
+        images = images.to(self.device, dtype=self.precision.input_dtype, non_blocking=True)
+        terms = None
+        with self.precision.autocast():
+            image_f, text_f, scale = _features(self.model(images, tokens.to(self.device)))
+            bad = not _all_finite(image_f, text_f, scale)
+            if not self.sync_flag(bad):
+                terms = self.loss.terms(image_f, text_f, scale)
         out = None
-        if not self.sync_flag(bad):
-            terms = self.loss.terms(image_f, text_f, scale)
+        if terms is not None:
             if cur.wants_grad_norms() and _all_finite(terms.contrastive, terms.align):
-                cur.observe(
-                    grad_norm(terms.contrastive, self.shared), grad_norm(terms.align, self.shared)
-                )
+                cur.observe(*self._grad_norms(terms))
             out = self.loss.combine(terms, cur.weight)
             bad = not _all_finite(out["total"])
+        unscaled = False  # whether the scaler recorded this step's inf check (then update it)
         if not self.sync_flag(bad) and out is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            out["total"].backward()
+            total = out["total"]
+            (self.scaler.scale(total) if self.scaler is not None else total).backward()
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+                unscaled = True
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             if self.grad_clip_norm:
                 norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip_norm)
@@ -190,6 +219,9 @@ class Trainer:
                 norm = torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()
             bad = not _all_finite(norm)
         if self.sync_flag(bad) or out is None:
+            if unscaled:  # as GradScaler.step on inf: no update, and a lower scale next step
+                self.scaler.update()
+                record["grad_scale"] = self.scaler.get_scale()
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_total += 1
             self.bad_in_a_row += 1
@@ -200,7 +232,12 @@ class Trainer:
                     "lower --lr, check the data for corrupt images, or raise --max-bad-steps"
                 )
         else:
-            self.optimizer.step()
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)  # gradients already unscaled and finite
+                self.scaler.update()
+                record["grad_scale"] = self.scaler.get_scale()
+            else:
+                self.optimizer.step()
             with torch.no_grad():
                 unwrap(self.model).logit_scale.clamp_(0, math.log(100))
             self.bad_in_a_row = 0

@@ -1,8 +1,9 @@
 """``python -m cma.train``: evaluate, fine-tune with TPC-CMA, evaluate again, report.
 
-Outputs (SPEC §6) in ``--output``: ``metrics.json`` (backend, alpha_target, schedule, before,
-after, seconds, …), ``report.md`` with the before/after table, PNGs (gaps, tasks, PCA of both
-modalities before/after, training curves), ``train_log.csv`` and ``checkpoint_last.pt``.
+Outputs (SPEC §6) in ``--output``: ``metrics.json`` (backend, alpha_target, schedule, precision,
+torchcompile, before, after, seconds, …), ``report.md`` with the before/after table, PNGs
+(gaps, tasks, PCA of both modalities before/after, training curves), ``train_log.csv`` and
+``checkpoint_last.pt``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,12 @@ from cma.train.config import TrainConfig, parse_config
 from cma.train.distributed import DistInfo, any_rank, barrier, init_distributed
 from cma.train.loop import Interrupted, Trainer, TrainingDiverged
 from cma.train.plots import plot_training
+from cma.train.precision import resolve_precision
 
 PROBE_PAIRS = 512
+#: ``torch.compile`` backend for ``--torchcompile``: torch's default (inductor) unless this
+#: environment variable names another (the tests use ``aot_eager``: no C++ build on the CPU).
+COMPILE_BACKEND_ENV = "CMA_COMPILE_BACKEND"
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -150,10 +155,14 @@ def make_batches(
     return FileBatches(train, preprocess, tokenizer, plan, cfg.workers), steps
 
 
-def make_probe(test: Any, preprocess: Any, tokenizer: Any, device: torch.device, blur: float):
-    """Gaps of a fixed set of held-out (image, first caption) pairs, for the training curves."""
+def make_probe(
+    test: Any, preprocess: Any, tokenizer: Any, device: torch.device, blur: float,
+    input_dtype: torch.dtype | None = None,
+):  # fmt: skip
+    """Gaps of a fixed set of held-out (image, first caption) pairs, for the training curves
+    (images in ``input_dtype`` for a model with low-precision weights; no autocast)."""
     n = min(PROBE_PAIRS, len(test))
-    images = torch.stack([preprocess(test[i][0]) for i in range(n)])
+    images = torch.stack([preprocess(test[i][0]) for i in range(n)]).to(dtype=input_dtype)
     tokens = tokenizer([test.captions_of(i)[0] for i in range(n)])
 
     @torch.no_grad()
@@ -208,12 +217,18 @@ def _default_output(cfg: TrainConfig) -> Path:
     return Path(cfg.output) if cfg.output else Path("runs") / cfg.run_name
 
 
+def compile_backend() -> str:
+    """The ``torch.compile`` backend of ``--torchcompile``: see :data:`COMPILE_BACKEND_ENV`."""
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     """The whole job; returns the content of metrics.json."""
     t_start = time.perf_counter()
     device = resolve_device(cfg.device, DistInfo())
     info = init_distributed(device.type)
     device = resolve_device(cfg.device, info)
+    precision = resolve_precision(cfg.precision, device)
     backend = pick_backend(cfg.fused, device, say=info.is_main)
     output = _default_output(cfg)
     output.mkdir(parents=True, exist_ok=True)
@@ -238,7 +253,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     loss = CMALoss(
         weight=0.0, lambda_centroid=cfg.lambda_centroid,
         lambda_distribution=cfg.lambda_distribution, blur=cfg.blur, backend=backend,
-        rank=info.rank, world_size=info.world_size,
+        rank=info.rank, world_size=info.world_size, shard_alignment=cfg.shard_alignment,
     )  # fmt: skip
     curriculum = Curriculum(
         CurriculumConfig(
@@ -247,21 +262,28 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         ),
         total_steps,
     )  # fmt: skip
+    precision.cast_model(model)  # after the base evaluation, which stays float32
     train_model: nn.Module = model
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.torchcompile:
+        # as open_clip's --torchcompile: the model only; the loss stays eager (its solver is an
+        # opaque custom op with a fake implementation, so it would not be traced anyway)
+        train_model = torch.compile(train_model, backend=compile_backend())
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.wd), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
-    probe = make_probe(test, preprocess, tokenizer, device, cfg.blur) if test is not None else None
+    probe = None
+    if test is not None:
+        probe = make_probe(test, preprocess, tokenizer, device, cfg.blur, precision.input_dtype)
     trainer = Trainer(
         train_model, loss, curriculum, optimizer, base_lr=cfg.lr, warmup=cfg.warmup,
         device=device, output=output, grad_clip_norm=cfg.grad_clip_norm,
         checkpoint_every=cfg.checkpoint_every, probe=probe, probe_every=cfg.probe_every,
         max_bad_steps=cfg.max_bad_steps, is_main=info.is_main, config=cfg.as_dict(),
         extra_state={"before": before} if before is not None else {}, progress=cfg.progress,
-        sync_flag=lambda flag: any_rank(flag, info),
+        sync_flag=lambda flag: any_rank(flag, info), precision=precision,
     )  # fmt: skip
     if state is not None:
         trainer.load_state_dict(state)
@@ -269,9 +291,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             print(f"resumed from {resume} at step {trainer.curriculum.step}", flush=True)
     trainer.fit(batches.iterate(trainer.curriculum.step, total_steps), total_steps)
     barrier(info)
+    model.float()  # low-precision weights (bf16/fp16/pure_*) are evaluated in float32
 
     metrics: dict[str, Any] = {
         "backend": backend, "alpha_target": cfg.alpha_target, "schedule": cfg.schedule,
+        **precision.as_dict(), "torchcompile": cfg.torchcompile,
+        **({"torchcompile_backend": compile_backend()} if cfg.torchcompile else {}),
         "model": cfg.model or "cma-tiny (embedded base)", "dataset": cfg.dataset_type,
         "steps": total_steps, "skipped_steps": trainer.skipped_total,
         "train_seconds": round(trainer.seconds, 2), "world_size": info.world_size,
@@ -294,7 +319,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         else:
             (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"\nwrote {output}/metrics.json, report.md and plots "
-              f"({metrics['seconds']:.0f} s, backend={backend})", flush=True)  # fmt: skip
+              f"({metrics['seconds']:.0f} s, backend={backend}, precision={precision.name})",
+              flush=True)  # fmt: skip
     return metrics
 
 

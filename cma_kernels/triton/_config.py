@@ -20,7 +20,7 @@ overrides both: ``ieee`` (exact fp32 FMA, slow), ``tf32x3``, ``tf32``, or — op
 than tf32 again — ``fp16`` / ``bf16`` (operands rounded to half precision). Rounding
 the operands only perturbs the cost by ~1e-5 on unit-norm embeddings, and the errors average
 out: emulating round-to-nearest tf32 (bf16) operands in S_ε at N = 1024, d = 512, blur = 0.05
-moved the value by 2.6e-5 (2e-4) relative (ci/gpu_bench.py measures the real kernels). How
+moved the value by 2.6e-5 (2e-4) relative (benchmarks/gpu.py measures the real kernels). How
 each precision reaches the tensor cores (pre-split 3xTF32 operands, native fp16/bf16 products
 for half inputs) is in :mod:`._common`. The interpreter always computes exact fp32 products.
 """
@@ -178,6 +178,19 @@ CONFIGS = {
 #: Rows per step and features per program of the one-pass kernels (centroid, row norms).
 ROWS_BLOCK = 64
 FEATURES_BLOCK = 64
+
+
+def config_lists() -> dict[str, list[triton.Config]]:
+    """Every autotuning list by name ``"role/prec"`` (``softmin/tf32x3`` …), for tools that
+    report or pin configs (benchmarks/gpu.py)."""
+    return {f"{role}/{prec}": table[prec] for role, table in CONFIGS.items() for prec in table}
+
+
+def set_configs(name: str, configs: list[triton.Config]) -> None:
+    """Replace the list ``name`` of :func:`config_lists` (with ``CMA_TRITON_AUTOTUNE=0`` a
+    one-config list pins that config)."""
+    role, prec = name.split("/")
+    CONFIGS[role][prec] = configs
 
 
 def one_pass_config(gpu: triton.Config, **interpret: int) -> triton.Config:

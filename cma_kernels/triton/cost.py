@@ -25,60 +25,96 @@ from ._softmin import softmin
 
 
 class TritonCost(CostOperator):
-    """Reductions over C_ij = ‖x_i − (y_j + shift)‖² by fused Triton kernels, no (N, M) buffer."""
+    """Reductions over C_bij = ‖x_bi − (y_bj + shift_b)‖² by fused Triton kernels, no (N, M) buffer.
+
+    Batched clouds (B, N, d) run one streaming launch per batch item (B = 1 for a CLIP batch;
+    the stacked self problems are B = 2).
+    """
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
-        # The base class would build y + shift eagerly; the kernels never need that copy.
         if x.dtype != y.dtype:  # one operand type for both clouds
             dt = torch.promote_types(x.dtype, y.dtype)
             x, y = x.to(dt), y.to(dt)
-        self.x = x.contiguous()
-        self.y = self.x if y is x else y.contiguous()
-        self.shift = None if shift is None else shift.contiguous()
+        x = x.contiguous()
+        y = x if y is x else y.contiguous()
+        super().__init__(x, y, None if shift is None else shift.contiguous())
         self.d = x.shape[-1]
-        self.dtype = _config.out_dtype(self.x)
+        self.dtype = _config.out_dtype(x)
         self.prec = _config.dot_precision()
-        self._xk = _common.pack(self.x, self.prec)
-        self._yk = self._xk if self.y is self.x else _common.pack(self.y, self.prec)
+        self._xk = _common.pack(x, self.prec)
+        self._yk = self._xk if y is x else _common.pack(y, self.prec)
         width = self._xk[0].shape[-1]
         s = None if self.shift is None else _common.pad_shift(self.shift, width)
-        self.u = _common.rowterm(self._xk, s, _common.MODE_MINUS_TWO_SHIFT)
-        if self.y is self.x and self.shift is None:
-            self.v = self.u  # self problem x↔x: one prologue
-        else:
-            self.v = _common.rowterm(self._yk, s, _common.MODE_PLUS_SHIFT)
+        self.u, self.v = [], []
+        for b in range(self.batch):
+            sb = None if s is None else s[b]
+            u = _common.rowterm(self._item(self._xk, b), sb, _common.MODE_MINUS_TWO_SHIFT)
+            self_problem = self.y is self.x and sb is None
+            v = (
+                u
+                if self_problem
+                else _common.rowterm(self._item(self._yk, b), sb, _common.MODE_PLUS_SHIFT)
+            )
+            self.u.append(u)
+            self.v.append(v)
 
-    @property
-    def y_shifted(self) -> Tensor:  # type: ignore[override]
-        """y + shift, materialised on demand only (the kernels never use it)."""
-        return self.y if self.shift is None else self.y + self.shift
+    @staticmethod
+    def _item(op: _common.Operand, b: int) -> _common.Operand:
+        return op[0][b], None if op[1] is None else op[1][b]
 
-    def softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        """f_i = −ε·log Σ_j exp(h_j − C_ij/ε), shape (N,)."""
-        return softmin(self._xk, self._yk, self.u, self.v, h, eps, self.dtype, self.prec)
+    def _each(self, fn, h: Tensor) -> Tensor:
+        return torch.stack([fn(b, h[b]) for b in range(self.batch)])
 
-    def softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        """g_j = −ε·log Σ_i exp(h_i − C_ij/ε), shape (M,)."""
-        return softmin(self._yk, self._xk, self.v, self.u, h, eps, self.dtype, self.prec)
+    def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
+        """f_bi = −ε·log Σ_j exp(h_bj − C_bij/ε), shape (B, N)."""
+        return self._each(
+            lambda b, hb: softmin(
+                self._item(self._xk, b), self._item(self._yk, b), self.u[b], self.v[b], hb, eps,
+                self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
 
-    def barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        """Σ_j softmax_j(h_j − C_ij/ε)·(y_j + shift), shape (N, d)."""
-        out = barycenter(self._xk, self._yk, self.u, self.v, h, eps, self.d, self.dtype, self.prec)
-        return out if self.shift is None else out.add_(self.shift)
+    def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
+        """g_bj = −ε·log Σ_i exp(h_bi − C_bij/ε), shape (B, M)."""
+        return self._each(
+            lambda b, hb: softmin(
+                self._item(self._yk, b), self._item(self._xk, b), self.v[b], self.u[b], hb, eps,
+                self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
 
-    def barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        """Σ_i softmax_i(h_i − C_ij/ε)·x_i, shape (M, d)."""
-        return barycenter(self._yk, self._xk, self.v, self.u, h, eps, self.d, self.dtype, self.prec)
+    def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
+        """Σ_j softmax_j(h_bj − C_bij/ε)·(y_bj + shift_b), shape (B, N, d)."""
+        out = self._each(
+            lambda b, hb: barycenter(
+                self._item(self._xk, b), self._item(self._yk, b), self.u[b], self.v[b], hb, eps,
+                self.d, self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
+        return out if self.shift is None else out.add_(self.shift.unsqueeze(-2))
 
-    def diameter(self) -> float:
-        """Bounding-box diagonal of x ∪ (y + shift), from per-cloud extrema (no concatenation)."""
+    def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
+        """Σ_i softmax_i(h_bi − C_bij/ε)·x_bi, shape (B, M, d)."""
+        return self._each(
+            lambda b, hb: barycenter(
+                self._item(self._yk, b), self._item(self._xk, b), self.v[b], self.u[b], hb, eps,
+                self.d, self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
+
+    def diameter(self) -> Tensor:
+        """Largest bounding-box diagonal of x_b ∪ (y_b + shift_b), a 0-dim tensor (no sync)."""
         dt = torch.promote_types(self.x.dtype, torch.float32)
-        hi_y, lo_y = self.y.amax(0).to(dt), self.y.amin(0).to(dt)
+        hi_y, lo_y = self.y.amax(-2).to(dt), self.y.amin(-2).to(dt)
         if self.shift is not None:
             hi_y, lo_y = hi_y + self.shift, lo_y + self.shift
-        hi = torch.maximum(self.x.amax(0).to(dt), hi_y)
-        lo = torch.minimum(self.x.amin(0).to(dt), lo_y)
-        return float((hi - lo).norm())
+        hi = torch.maximum(self.x.amax(-2).to(dt), hi_y)
+        lo = torch.minimum(self.x.amin(-2).to(dt), lo_y)
+        return (hi - lo).norm(dim=-1).amax()
 
 
 def make_cost(

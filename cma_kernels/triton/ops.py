@@ -116,6 +116,13 @@ _centroid_op.register_autograd(_centroid_backward, setup_context=_centroid_setup
 
 
 def centroid(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> CentroidStats:
-    """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and ‖μ_x − μ_y‖², one kernel launch, exact backward."""
+    """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and ‖μ_x − μ_y‖², one kernel launch, exact backward.
+
+    Batched (B, n, d) clouds with (B, n) weights give (B, d) means and (B,) gaps (one launch per
+    batch item).
+    """
+    if x.dim() == 3:
+        parts = [_centroid_op(x[i], y[i], a[i], b[i]) for i in range(x.shape[0])]
+        return CentroidStats(*(torch.stack(t) for t in zip(*parts, strict=True)))
     mu_x, mu_y, gap2 = _centroid_op(x, y, a, b)
     return CentroidStats(mu_x, mu_y, gap2)

@@ -1,8 +1,9 @@
 """Worker for tests/test_train_ddp.py: CMALoss + a linear model under DDP (gloo, CPU).
 
-Each rank takes its contiguous half of a fixed batch, computes the loss on the gathered
-features and back-propagates through DistributedDataParallel; rank r writes its loss and the
-model's (all-reduced) gradients to ``$OUT_DIR/rank{r}.pt``.
+Each rank takes its contiguous half of a fixed batch, computes the loss and back-propagates
+through DistributedDataParallel, twice: with the alignment solve sharded across the ranks
+(``shard_alignment=True``, the default) and on the gathered features (``False``). Rank r writes
+both runs' losses and the model's (all-reduced) gradients to ``$OUT_DIR/rank{r}.pt``.
 """
 
 import os
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cma.losses import CMALoss
+from cma_kernels import sharded
 
 
 def batch(seed: int = 0, n: int = 16, d_in: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,15 +45,24 @@ def main() -> None:
     images, texts = batch()
     per = images.shape[0] // world
     part = slice(rank * per, (rank + 1) * per)
-    model = nn.parallel.DistributedDataParallel(TwoTowers())
-    loss = CMALoss(weight=0.7, blur=0.3, tol=1e-6, rank=rank, world_size=world)
-    out = loss(*model(images[part], texts[part]))
-    out["total"].backward()
-    grads = {k: p.grad.clone() for k, p in model.module.named_parameters()}
-    terms = {k: v.detach().clone() for k, v in out.items()}
-    torch.save(
-        {"terms": terms, "grads": grads}, os.path.join(os.environ["OUT_DIR"], f"rank{rank}.pt")
-    )
+    runs = {}
+    for shard in (True, False):
+        model = nn.parallel.DistributedDataParallel(TwoTowers())
+        loss = CMALoss(
+            weight=0.7, blur=0.3, tol=1e-6, rank=rank, world_size=world, shard_alignment=shard
+        )
+        before = sharded.COUNTERS["collectives"]
+        out = loss(*model(images[part], texts[part]))
+        out["total"].backward()
+        collectives = sharded.COUNTERS["collectives"] - before  # the sharded solver's own
+        grads = {k: p.grad.clone() for k, p in model.module.named_parameters()}
+        terms = {k: v.detach().clone() for k, v in out.items()}
+        runs["sharded" if shard else "gathered"] = {
+            "terms": terms,
+            "grads": grads,
+            "collectives": collectives,
+        }
+    torch.save(runs, os.path.join(os.environ["OUT_DIR"], f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
