@@ -83,8 +83,6 @@ PEERS = ("flash", "geomloss", "cma-tensorized", "cma-chunked", "pot-log")
 FP32_ONLY = frozenset({"pot-log"})
 #: Mode → the benchmark operation of :mod:`benchmarks._backends`.
 MODES = {"fwd+bwd": "sinkhorn_grad", "fwd": "sinkhorn"}
-#: The tuned launch-config lists of ``cma_kernels.triton._config``.
-CONFIG_LISTS = ("SOFTMIN_CONFIGS", "BARYCENTER_CONFIGS", "SQDIST_CONFIGS")
 #: Distributions whose versions the report lists.
 DISTS = ("torch", "triton", "numpy", "geomloss", "flash-sinkhorn", "POT", "open_clip_torch")
 SCHEMA = 1
@@ -713,7 +711,7 @@ def autotune_winners(tuners: Iterable[Any], lists: dict[str, list[Any]]) -> list
 
     A Triton autotuner caches ``{key: best config}`` where the key is the values of its
     ``key`` arguments followed by the dtypes of the tensor arguments; ``lists`` names the
-    config lists (``SOFTMIN_CONFIGS`` …) to tell the two roles of one kernel apart.
+    config lists (``softmin/tf32x3`` …) to tell the two roles of one kernel apart.
     """
     named = {name: [str(c) for c in configs] for name, configs in lists.items()}
     rows = []
@@ -750,7 +748,7 @@ def autotune_section(run: Run) -> dict[str, Any]:
         return {"status": "interpreter", "note": "fixed interpreter blocks, no autotuning"}
     if not tcfg.autotune_enabled():
         return {"status": "disabled", "note": "CMA_TRITON_AUTOTUNE=0"}
-    lists = {name: getattr(tcfg, name) for name in CONFIG_LISTS if hasattr(tcfg, name)}
+    lists = tcfg.config_lists()
     gc.unfreeze()  # gc.get_objects() does not list frozen objects
     rows = autotune_winners(find_autotuners(), lists)
     return {"status": "ok", "dot_precision": tcfg.dot_precision(), "winners": rows}
@@ -789,7 +787,7 @@ def configs_section(run: Run) -> dict[str, Any]:
 
     ref_value, ref_grads = divergence(x.double(), y.double(), "reference")
     ref_sq = cma_kernels.pairwise_sqdist(x.double(), y.double(), backend="reference")
-    lists = {name: getattr(tcfg, name) for name in CONFIG_LISTS if hasattr(tcfg, name)}
+    lists = tcfg.config_lists()
     jobs = [(0, "ieee")]
     if not tcfg.interpreted():
         jobs = [(i, "ieee") for i in range(max(len(v) for v in lists.values()))]
@@ -806,7 +804,7 @@ def configs_section(run: Run) -> dict[str, Any]:
             }
             os.environ["CMA_TRITON_DOT_PRECISION"] = prec
             for name, config in pinned.items():
-                setattr(tcfg, name, [config])
+                tcfg.set_configs(name, [config])
             try:
                 with time_limit(run.left() - 2.0):
                     value, grads = divergence(x, y, "triton")
@@ -824,7 +822,7 @@ def configs_section(run: Run) -> dict[str, Any]:
                 entry.update({**failure(exc), "ok": False})
             finally:
                 for name, configs in lists.items():
-                    setattr(tcfg, name, configs)
+                    tcfg.set_configs(name, configs)
             out["runs"].append(entry)
             log("configs", json.dumps(entry, default=str)[:600])
             if entry.get("status") == "timeout":

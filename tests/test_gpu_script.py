@@ -128,14 +128,14 @@ def _copy_kernel(src, dst, n, BLOCK: tl.constexpr):
 
 
 def test_autotune_winners_reads_the_autotuner_cache() -> None:
-    configs = _config.SOFTMIN_CONFIGS
+    configs = _config.gpu_configs("softmin", "tf32x3")
     tuner = triton.autotune(configs=configs, key=["n"])(_copy_kernel)
     tuner.cache[(300, "torch.float32", "torch.float32")] = configs[2]
-    rows = gpu.autotune_winners([tuner], {"SOFTMIN_CONFIGS": configs, "OTHER": configs[:1]})
+    rows = gpu.autotune_winners([tuner], {"softmin/tf32x3": configs, "OTHER": configs[:1]})
     assert rows == [
         {
             "kernel": "_copy_kernel",
-            "configs": "SOFTMIN_CONFIGS",
+            "configs": "softmin/tf32x3",
             "key": {"n": 300},
             "dtypes": ["torch.float32", "torch.float32"],
             "config": str(configs[2]),

@@ -28,7 +28,7 @@ from cma_kernels.triton import _common, _config
 
 pytestmark = pytest.mark.triton
 
-#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu_check.sh).
+#: CPU under the Triton interpreter (CI), CUDA when the kernels are compiled (ci/gpu.sh).
 DEVICE = "cpu" if _config.interpreted() else "cuda"
 if DEVICE == "cuda" and not torch.cuda.is_available():
     pytest.skip("Triton kernels need TRITON_INTERPRET=1 or a CUDA device", allow_module_level=True)
@@ -83,12 +83,10 @@ class Unbatched:
         self.op = op
 
     def __getattr__(self, name: str):
-        attr = getattr(self.op, name)
+        method = getattr(self.op, name)
         if name == "diameter":
-            return lambda: float(attr())
-        if name.startswith(("softmin_", "barycenter_")):
-            return lambda h, eps: attr(h[None], eps)[0]
-        return attr
+            return lambda: float(method())
+        return lambda h, eps: method(h[None], eps)[0]
 
 
 def make_tc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
@@ -401,7 +399,7 @@ def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch
     _set_precision(monkeypatch, prec)
     x, y, shift = _pair(dtype, d=40)
     tc = make_tc(x, y, shift)
-    assert tc.prec == prec
+    assert tc.op.prec == prec
     rc = make_rc(x.double(), y.double(), shift.double())
     tf32_exact = dtype != torch.float32 or _config.interpreted()
     exact_cost = prec == "tf32x3" or (prec == "tf32" and tf32_exact) or prec == _DTYPE_NAME[dtype]

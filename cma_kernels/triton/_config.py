@@ -180,6 +180,19 @@ ROWS_BLOCK = 64
 FEATURES_BLOCK = 64
 
 
+def config_lists() -> dict[str, list[triton.Config]]:
+    """Every autotuning list by name ``"role/prec"`` (``softmin/tf32x3`` …), for tools that
+    report or pin configs (benchmarks/gpu.py)."""
+    return {f"{role}/{prec}": table[prec] for role, table in CONFIGS.items() for prec in table}
+
+
+def set_configs(name: str, configs: list[triton.Config]) -> None:
+    """Replace the list ``name`` of :func:`config_lists` (with ``CMA_TRITON_AUTOTUNE=0`` a
+    one-config list pins that config)."""
+    role, prec = name.split("/")
+    CONFIGS[role][prec] = configs
+
+
 def one_pass_config(gpu: triton.Config, **interpret: int) -> triton.Config:
     """Launch config of a one-pass kernel: ``gpu``, or the blocks ``interpret`` if interpreted."""
     return cfg(1, 1, **interpret) if interpreted() else gpu

@@ -1,7 +1,6 @@
 r"""``TritonCost``: the fused-kernel implementation of :class:`cma_kernels.cost.CostOperator`.
 
-C_bij = ‖x_bi − (y_bj + s_b)‖² (a batch of B problems) is never stored. Construction packs
-both clouds for the kernels
+C_ij = ‖x_i − (y_j + s)‖² is never stored. Construction packs both clouds for the kernels
 (:func:`._common.pack`: aligned rows, features padded to a multiple of 16, TF32 hi/lo parts at
 tf32x3 — two extra fp32 copies of each fp32 cloud — or one fp16/bf16 rounding at those
 precisions; the precision is fixed at construction) and runs two O((N + M)·d) prologue kernels,
@@ -15,8 +14,6 @@ and — for the barycenter of the rows, whose points are y_j + s — as a final 
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -35,57 +32,79 @@ class TritonCost(CostOperator):
     """
 
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
-        same = y is x
         if x.dtype != y.dtype:  # one operand type for both clouds
             dt = torch.promote_types(x.dtype, y.dtype)
             x, y = x.to(dt), y.to(dt)
         x = x.contiguous()
-        y = x if same else y.contiguous()
+        y = x if y is x else y.contiguous()
         super().__init__(x, y, None if shift is None else shift.contiguous())
         self.d = x.shape[-1]
-        self.dtype = _config.out_dtype(self.x)
+        self.dtype = _config.out_dtype(x)
         self.prec = _config.dot_precision()
-        self._xk, self._yk, self.u, self.v = [], [], [], []
+        self._xk = _common.pack(x, self.prec)
+        self._yk = self._xk if y is x else _common.pack(y, self.prec)
+        width = self._xk[0].shape[-1]
+        s = None if self.shift is None else _common.pad_shift(self.shift, width)
+        self.u, self.v = [], []
         for b in range(self.batch):
-            xk = _common.pack(self.x[b], self.prec)
-            yk = xk if same else _common.pack(self.y[b], self.prec)
-            s = None if self.shift is None else _common.pad_shift(self.shift[b], xk[0].shape[-1])
-            u = _common.rowterm(xk, s, _common.MODE_MINUS_TWO_SHIFT)
-            v = u if same and s is None else _common.rowterm(yk, s, _common.MODE_PLUS_SHIFT)
-            self._xk.append(xk)
-            self._yk.append(yk)
+            sb = None if s is None else s[b]
+            u = _common.rowterm(self._item(self._xk, b), sb, _common.MODE_MINUS_TWO_SHIFT)
+            self_problem = self.y is self.x and sb is None
+            v = (
+                u
+                if self_problem
+                else _common.rowterm(self._item(self._yk, b), sb, _common.MODE_PLUS_SHIFT)
+            )
             self.u.append(u)
             self.v.append(v)
 
-    def _each(self, fn: Callable[[int, Tensor], Tensor], h: Tensor) -> Tensor:
+    @staticmethod
+    def _item(op: _common.Operand, b: int) -> _common.Operand:
+        return op[0][b], None if op[1] is None else op[1][b]
+
+    def _each(self, fn, h: Tensor) -> Tensor:
         return torch.stack([fn(b, h[b]) for b in range(self.batch)])
 
     def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
         """f_bi = −ε·log Σ_j exp(h_bj − C_bij/ε), shape (B, N)."""
-        xk, yk, u, v, dt, prec = self._xk, self._yk, self.u, self.v, self.dtype, self.prec
-        return self._each(lambda b, hb: softmin(xk[b], yk[b], u[b], v[b], hb, eps, dt, prec), h)
+        return self._each(
+            lambda b, hb: softmin(
+                self._item(self._xk, b), self._item(self._yk, b), self.u[b], self.v[b], hb, eps,
+                self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
 
     def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
         """g_bj = −ε·log Σ_i exp(h_bi − C_bij/ε), shape (B, M)."""
-        xk, yk, u, v, dt, prec = self._xk, self._yk, self.u, self.v, self.dtype, self.prec
-        return self._each(lambda b, hb: softmin(yk[b], xk[b], v[b], u[b], hb, eps, dt, prec), h)
+        return self._each(
+            lambda b, hb: softmin(
+                self._item(self._yk, b), self._item(self._xk, b), self.v[b], self.u[b], hb, eps,
+                self.dtype, self.prec,
+            ),
+            h,
+        )  # fmt: skip
 
     def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
         """Σ_j softmax_j(h_bj − C_bij/ε)·(y_bj + shift_b), shape (B, N, d)."""
-        xk, yk, u, v, d = self._xk, self._yk, self.u, self.v, self.d
         out = self._each(
-            lambda b, hb: barycenter(xk[b], yk[b], u[b], v[b], hb, eps, d, self.dtype, self.prec),
+            lambda b, hb: barycenter(
+                self._item(self._xk, b), self._item(self._yk, b), self.u[b], self.v[b], hb, eps,
+                self.d, self.dtype, self.prec,
+            ),
             h,
-        )
+        )  # fmt: skip
         return out if self.shift is None else out.add_(self.shift.unsqueeze(-2))
 
     def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
         """Σ_i softmax_i(h_bi − C_bij/ε)·x_bi, shape (B, M, d)."""
-        xk, yk, u, v, d = self._xk, self._yk, self.u, self.v, self.d
         return self._each(
-            lambda b, hb: barycenter(yk[b], xk[b], v[b], u[b], hb, eps, d, self.dtype, self.prec),
+            lambda b, hb: barycenter(
+                self._item(self._yk, b), self._item(self._xk, b), self.v[b], self.u[b], hb, eps,
+                self.d, self.dtype, self.prec,
+            ),
             h,
-        )
+        )  # fmt: skip
 
     def diameter(self) -> Tensor:
         """Largest bounding-box diagonal of x_b ∪ (y_b + shift_b), a 0-dim tensor (no sync)."""
