@@ -3,7 +3,10 @@
 Runs under ``TRITON_INTERPRET=1`` on CPU tensors (tests/conftest.py) and unchanged on CUDA.
 Shapes are deliberately not multiples of the blocks (N=37, M=53, d=24 or 40 against 32-wide
 tiles), so every kernel sees partial row, column and feature tiles, several column tiles (the
-online max/sum rescaling) and, for d = 40, several feature chunks.
+online max/sum rescaling) and, for d = 40, several feature chunks. The cost operator and the
+centroid are batched — (B, N, d) clouds, one launch per reduction for the whole batch — and are
+checked at B = 1 and B = 3 (different data, sizes and shifts per item: a wrong batch stride
+shows).
 
 Tolerances. The kernels load any float dtype and compute in fp32; fp16/bf16 inputs are compared
 with the float64 reference evaluated on the *same* (exactly upcast) values, so every dtype gets
@@ -76,35 +79,6 @@ def split2(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_config, "INTERPRET_SPLIT", 2)
 
 
-class Unbatched:
-    """A batch-of-one cost operator seen with unbatched (N, d) / (N,) arguments."""
-
-    def __init__(self, op: cma_kernels.CostOperator) -> None:
-        self.op = op
-
-    def __getattr__(self, name: str):
-        method = getattr(self.op, name)
-        if name == "diameter":
-            return lambda: float(method())
-        return lambda h, eps: method(h[None], eps)[0]
-
-
-def make_tc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
-    """The Triton cost operator of one (x, y, shift) problem (batch of one)."""
-    same = y is x
-    xb = x[None]
-    return Unbatched(
-        tk.make_cost(xb, xb if same else y[None], None if shift is None else shift[None])
-    )
-
-
-def make_rc(x: Tensor, y: Tensor, shift: Tensor | None = None) -> Unbatched:
-    """The float64 reference operator of the same problem."""
-    return Unbatched(
-        reference.TensorizedCost(x[None], y[None], None if shift is None else shift[None])
-    )
-
-
 # ----------------------------------------------------------------------------- API surface
 
 
@@ -114,6 +88,16 @@ def test_same_primitives_as_reference() -> None:
     cost = tk.make_cost(cloud(5, 16, 0)[None], cloud(7, 16, 1)[None], None, strategy="chunked")
     assert isinstance(cost, tk.TritonCost)
     assert isinstance(cost, cma_kernels.CostOperator)
+
+
+def test_cost_rejects_unbatched_or_mismatched_clouds() -> None:
+    x, y = cloud(5, 16, 0), cloud(7, 16, 1)
+    with pytest.raises(ValueError, match="x, y"):
+        tk.make_cost(x, y)
+    with pytest.raises(ValueError, match="x, y"):
+        tk.make_cost(x[None], torch.stack([y, y]))
+    with pytest.raises(ValueError, match="shift"):
+        tk.make_cost(x[None], y[None], torch.zeros(16, device=DEVICE))
 
 
 def test_interpreter_blocks_are_gpu_legal() -> None:
@@ -196,21 +180,32 @@ def test_sqdist_half_input_gradient_dtype() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("weighted", [False, True])
-def test_centroid_forward_backward(dtype: torch.dtype, weighted: bool) -> None:
-    x0, y0 = cloud(N, 40, 14, dtype=dtype), cloud(M, 40, 15, 0.2, dtype=dtype)
-    a = weights(N, 16) if weighted else torch.full((N,), 1.0 / N, device=DEVICE)
-    b = weights(M, 17) if weighted else torch.full((M,), 1.0 / M, device=DEVICE)
-    up = torch.randn(81, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
-    up = up.to(DEVICE)
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_centroid_forward_backward(dtype: torch.dtype, weighted: bool, batch: int | None) -> None:
+    """Unbatched (n, d) and batched (B, n, d) clouds, one launch; exact backward."""
+    shape = () if batch is None else (batch,)
+    k = 1 if batch is None else batch
+    x0 = torch.stack([cloud(N, 40, 14 + i, dtype=dtype) for i in range(k)]).reshape(*shape, N, 40)
+    y0 = torch.stack([cloud(M, 40, 15 + i, 0.2 * i, dtype=dtype) for i in range(k)])
+    y0 = y0.reshape(*shape, M, 40)
+    if weighted:
+        a = torch.stack([weights(N, 16 + i) for i in range(k)]).reshape(*shape, N)
+        b = torch.stack([weights(M, 17 + i) for i in range(k)]).reshape(*shape, M)
+    else:
+        a = torch.full((*shape, N), 1.0 / N, device=DEVICE)
+        b = torch.full((*shape, M), 1.0 / M, device=DEVICE)
+    up = torch.randn(k, 81, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    up = up.reshape(*shape, 81).to(DEVICE)
     results = []
     for fn, cast in ((tk.centroid, lambda t: t), (reference.centroid, lambda t: t.double())):
         x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
         st = fn(cast(x), cast(y), cast(a), cast(b))
-        loss = (st.mu_x * up[:40]).sum() + (st.mu_y * up[40:80]).sum() + st.gap2 * up[80]
+        loss = (st.mu_x * up[..., :40]).sum() + (st.mu_y * up[..., 40:80]).sum()
+        loss = loss + (st.gap2 * up[..., 80]).sum()
         loss.backward()
         results.append((st, x.grad, y.grad))
     (got, gx, gy), (want, wx, wy) = results
-    assert got.mu_x.shape == (40,) and got.gap2.shape == ()
+    assert got.mu_x.shape == (*shape, 40) and got.gap2.shape == shape
     for g_, w_ in zip(got, want, strict=True):
         close(g_, w_, dtype)
     rtol = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
@@ -222,99 +217,107 @@ def test_centroid_forward_backward(dtype: torch.dtype, weighted: bool) -> None:
 # ----------------------------------------------------------------------------- cost operator
 
 
-def _pair(
-    dtype: torch.dtype, d: int = 24, shifted: bool = True
+def _problem(
+    dtype: torch.dtype, batch: int = 1, d: int = 24, shifted: bool = True
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    x, y = cloud(N, d, 20, dtype=dtype), cloud(M, d, 21, 0.05, dtype=dtype)
-    shift = cloud(1, d, 22)[0] * 0.25 if shifted else None
+    """x (B, N, d), y (B, M, d), shift (B, d) or None: different clouds and shifts per item."""
+    x = torch.stack([cloud(N, d, 20 + i, dtype=dtype) for i in range(batch)])
+    y = torch.stack([cloud(M, d, 30 + i, 0.05 * (i + 1), dtype=dtype) for i in range(batch)])
+    shift = torch.stack([cloud(1, d, 40 + i)[0] * 0.25 for i in range(batch)]) if shifted else None
     return x, y, shift
 
 
-def _potentials(eps: float) -> tuple[Tensor, Tensor]:
-    """Column vectors h = log w + g/ε of a plausible size for ε (not converged)."""
+def _potentials(eps: float, batch: int = 1) -> tuple[Tensor, Tensor]:
+    """Column vectors h = log w + g/ε (B, M) and (B, N) of a plausible size for ε."""
     g = torch.Generator().manual_seed(23)
-    hb = weights(M, 24).log() + 0.03 * torch.randn(M, generator=g).to(DEVICE) / math.sqrt(eps)
-    ha = weights(N, 25).log() + 0.03 * torch.randn(N, generator=g).to(DEVICE) / math.sqrt(eps)
+    hb = torch.stack([weights(M, 24 + i).log() for i in range(batch)])
+    ha = torch.stack([weights(N, 34 + i).log() for i in range(batch)])
+    hb = hb + 0.03 * torch.randn(batch, M, generator=g).to(DEVICE) / math.sqrt(eps)
+    ha = ha + 0.03 * torch.randn(batch, N, generator=g).to(DEVICE) / math.sqrt(eps)
     return hb, ha
+
+
+def _reference(x: Tensor, y: Tensor, shift: Tensor | None) -> reference.TensorizedCost:
+    """The float64 reference operator on the same (exactly upcast) values."""
+    return reference.TensorizedCost(
+        x.double(), y.double(), None if shift is None else shift.double()
+    )
+
+
+def _check_reductions(
+    tc: tk.TritonCost, rc: reference.TensorizedCost, eps: float, dtype: torch.dtype
+) -> None:
+    """All four reductions against the reference, shapes and dtypes included."""
+    batch, d = tc.batch, tc.d
+    hb, ha = _potentials(eps, batch)
+    f, g = tc.softmin_rows(hb, eps), tc.softmin_cols(ha, eps)
+    assert f.shape == (batch, N) and g.shape == (batch, M) and f.dtype == torch.float32
+    close(f, rc.softmin_rows(hb.double(), eps), dtype)
+    close(g, rc.softmin_cols(ha.double(), eps), dtype)
+    # the barycenters amplify cost rounding by 1/ε; unit-norm data keeps it ~1e-4 at ε=0.0025
+    scale = 1.0 / (400 * eps)
+    br, bc = tc.barycenter_rows(hb, eps), tc.barycenter_cols(ha, eps)
+    assert br.shape == (batch, N, d) and bc.shape == (batch, M, d)
+    close(br, rc.barycenter_rows(hb.double(), eps), dtype, scale=scale)
+    close(bc, rc.barycenter_cols(ha.double(), eps), dtype, scale=scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("eps", EPSILONS)
 @pytest.mark.parametrize("shifted", [False, True])
-def test_cost_reductions_match_reference(dtype: torch.dtype, eps: float, shifted: bool) -> None:
-    x, y, shift = _pair(dtype, shifted=shifted)
-    tc = make_tc(x, y, shift)
-    rc = make_rc(x.double(), y.double(), None if shift is None else shift.double())
-    hb, ha = _potentials(eps)
-    f = tc.softmin_rows(hb, eps)
-    g = tc.softmin_cols(ha, eps)
-    assert f.shape == (N,) and g.shape == (M,) and f.dtype == torch.float32
-    close(f, rc.softmin_rows(hb.double(), eps), dtype, scale=1.0)
-    close(g, rc.softmin_cols(ha.double(), eps), dtype, scale=1.0)
-    # the barycenters amplify cost rounding by 1/ε; unit-norm data keeps it ~1e-4 at ε=0.0025
-    scale = 1.0 / (400 * eps)
-    close(tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps), dtype, scale=scale)
-    close(tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps), dtype, scale=scale)
-    assert tc.diameter() == pytest.approx(rc.diameter(), rel=1e-5)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cost_reductions_match_reference(
+    dtype: torch.dtype, eps: float, shifted: bool, batch: int
+) -> None:
+    x, y, shift = _problem(dtype, batch, shifted=shifted)
+    tc, rc = tk.make_cost(x, y, shift), _reference(x, y, shift)
+    _check_reductions(tc, rc, eps, dtype)
+    diameter = tc.diameter()
+    assert diameter.shape == () and diameter.device == x.device
+    assert float(diameter) == pytest.approx(float(rc.diameter()), rel=1e-5)
+    assert tc.passes == 4 and tc.cost_entries == 4 * batch * N * M
 
 
-def test_batched_reductions_match_reference_per_item() -> None:
-    """B = 3 different problems of odd sizes (N ≠ M), with a shift per item."""
-    xs = torch.stack([cloud(N, 24, 40 + i) for i in range(3)])
-    ys = torch.stack([cloud(M, 24, 50 + i, offset=0.1 * i) for i in range(3)])
-    shift = torch.stack([cloud(1, 24, 60 + i)[0] * 0.2 for i in range(3)])
-    tc = tk.make_cost(xs, ys, shift)
-    rc = reference.TensorizedCost(xs.double(), ys.double(), shift.double())
-    g = torch.Generator().manual_seed(61)
-    hb = torch.randn(3, M, generator=g, dtype=torch.float64).to(DEVICE)
-    ha = torch.randn(3, N, generator=g, dtype=torch.float64).to(DEVICE)
-    for eps in EPSILONS:
-        scale = 1.0 / (400 * eps)
-        close(tc.softmin_rows(hb.float(), eps), rc.softmin_rows(hb, eps), torch.float32)
-        close(tc.softmin_cols(ha.float(), eps), rc.softmin_cols(ha, eps), torch.float32)
-        close(
-            tc.barycenter_rows(hb.float(), eps), rc.barycenter_rows(hb, eps), torch.float32, scale
-        )
-        close(
-            tc.barycenter_cols(ha.float(), eps), rc.barycenter_cols(ha, eps), torch.float32, scale
-        )
-    assert float(tc.diameter()) == pytest.approx(float(rc.diameter()), rel=1e-5)
-    assert tc.passes == 4 * len(EPSILONS) and tc.cost_entries == tc.passes * 3 * N * M
+def test_one_launch_per_reduction_for_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """B = 3: each reduction is one streaming launch whose grid's third axis is the batch."""
+    grids: list[tuple[int, ...]] = []
+    launch = _config.launch
+
+    def counting(kernel, role, key, grid, args, interpret, **const):
+        grids.append(grid(interpret))
+        return launch(kernel, role, key, grid, args, interpret, **const)
+
+    monkeypatch.setattr(_config, "launch", counting)
+    x, y, shift = _problem(torch.float32, 3)
+    tc = tk.make_cost(x, y, shift)
+    hb, ha = _potentials(0.25, 3)
+    tc.softmin_rows(hb, 0.25), tc.softmin_cols(ha, 0.25)
+    tc.barycenter_rows(hb, 0.25), tc.barycenter_cols(ha, 0.25)
+    assert len(grids) == 4 and all(g[2] == 3 for g in grids)
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
 def test_cost_feature_chunks(eps: float) -> None:
     """d = 40: two BLOCK_K chunks in the cost and two BLOCK_V output blocks in the barycenter."""
-    x, y, shift = _pair(torch.float32, d=40)
-    tc, rc = (
-        make_tc(x, y, shift),
-        make_rc(x.double(), y.double(), shift.double()),
-    )
-    hb, ha = _potentials(eps)
-    close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
-    close(tc.softmin_cols(ha, eps), rc.softmin_cols(ha.double(), eps), torch.float32)
-    scale = 1.0 / (400 * eps)
-    close(tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps), torch.float32, scale)
-    close(tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps), torch.float32, scale)
+    x, y, shift = _problem(torch.float32, 2, d=40)
+    _check_reductions(tk.make_cost(x, y, shift), _reference(x, y, shift), eps, torch.float32)
 
 
 @pytest.mark.parametrize("eps", EPSILONS)
 def test_softmin_column_split_merge(eps: float, split2: None) -> None:
-    x, y, shift = _pair(torch.float32)
-    tc, rc = (
-        make_tc(x, y, shift),
-        make_rc(x.double(), y.double(), shift.double()),
-    )
-    hb, ha = _potentials(eps)
+    """Two column chunks per row block and batch item, merged by a (B, split, N) LSE."""
+    x, y, shift = _problem(torch.float32, 3)
+    tc, rc = tk.make_cost(x, y, shift), _reference(x, y, shift)
+    hb, ha = _potentials(eps, 3)
     close(tc.softmin_rows(hb, eps), rc.softmin_rows(hb.double(), eps), torch.float32)
     close(tc.softmin_cols(ha, eps), rc.softmin_cols(ha.double(), eps), torch.float32)
 
 
 def test_self_problem_shares_the_prologue() -> None:
-    x = cloud(N, 24, 26)
-    tc, rc = make_tc(x, x), make_rc(x.double(), x.double())
-    assert tc.op.v[0] is tc.op.u[0]
-    h = weights(N, 27).log()
+    x = torch.stack([cloud(N, 24, 26), cloud(N, 24, 27, 0.1)])
+    tc, rc = tk.make_cost(x, x), _reference(x, x, None)
+    assert tc.v is tc.u and tc._yk is tc._xk
+    h = torch.stack([weights(N, 28).log(), weights(N, 29).log()])
     for eps in EPSILONS:
         close(tc.softmin_rows(h, eps), rc.softmin_rows(h.double(), eps), torch.float32)
         close(
@@ -326,16 +329,13 @@ def test_self_problem_shares_the_prologue() -> None:
 
 
 def test_zero_weights_and_empty_tiles() -> None:
-    """h = −inf (zero weight) on a whole 32-column tile: no NaN, same as the reference."""
-    x, y, shift = _pair(torch.float32)
-    b = weights(M, 28)
-    b[:32] = 0.0
-    b /= b.sum()
-    hb = b.log()
-    tc, rc = (
-        make_tc(x, y, shift),
-        make_rc(x.double(), y.double(), shift.double()),
-    )
+    """h = −inf (zero weight) on a whole 32-column tile of one item: no NaN, as the reference."""
+    x, y, shift = _problem(torch.float32, 2)
+    b = torch.stack([weights(M, 28), weights(M, 29)])
+    b[0, :32] = 0.0
+    b[1, 32:] = 0.0
+    hb = (b / b.sum(dim=1, keepdim=True)).log()
+    tc, rc = tk.make_cost(x, y, shift), _reference(x, y, shift)
     for eps in EPSILONS:
         f = tc.softmin_rows(hb, eps)
         assert bool(torch.isfinite(f).all())
@@ -349,12 +349,19 @@ def test_zero_weights_and_empty_tiles() -> None:
 
 
 def test_float64_inputs_computed_in_fp32() -> None:
-    x, y, shift = _pair(torch.float64)
-    tc, rc = make_tc(x, y, shift), make_rc(x, y, shift)
-    hb, _ = _potentials(0.25)
+    x, y, shift = _problem(torch.float64, 2)
+    tc, rc = tk.make_cost(x, y, shift), _reference(x, y, shift)
+    hb, _ = _potentials(0.25, 2)
     f = tc.softmin_rows(hb.double(), 0.25)
     assert f.dtype == torch.float64
     close(f, rc.softmin_rows(hb.double(), 0.25), torch.float32)
+
+
+def test_mixed_input_dtypes_share_one_operand_type() -> None:
+    x, y, shift = _problem(torch.float32, 1)
+    tc = tk.make_cost(x, y.half(), shift)
+    assert tc._xk[0].dtype == tc._yk[0].dtype == torch.float32
+    _check_reductions(tc, _reference(x, y.half(), shift), 0.25, torch.float32)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -367,7 +374,11 @@ def test_custom_ops_pass_opcheck() -> None:
     x, y = cloud(N, 24, 29).requires_grad_(), cloud(M, 24, 30).requires_grad_()
     xs = (cloud(1, 24, 31)[0] * 0.1).requires_grad_()
     torch.library.opcheck(ops._sqdist_op, (x, y, xs, None))
-    torch.library.opcheck(ops._centroid_op, (x, y, weights(N, 32), weights(M, 33)))
+    xb = torch.stack([cloud(N, 24, 32), cloud(N, 24, 33)]).requires_grad_()
+    yb = torch.stack([cloud(M, 24, 34), cloud(M, 24, 35)]).requires_grad_()
+    a = torch.stack([weights(N, 36), weights(N, 37)])
+    b = torch.stack([weights(M, 38), weights(M, 39)])
+    torch.library.opcheck(ops._centroid_op, (xb, yb, a, b))
 
 
 # ----------------------------------------------------------------------------- dot precisions
@@ -375,6 +386,7 @@ def test_custom_ops_pass_opcheck() -> None:
 #: Precisions the interpreter runs (it computes bf16 dots wrongly: bf16 is checked on a GPU).
 PRECISIONS = ["tf32x3", "tf32", "fp16"] + ([] if _config.interpreted() else ["bf16"])
 HALF_DTYPES = [torch.float16] + ([] if _config.interpreted() else [torch.bfloat16])
+_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _set_precision(monkeypatch: pytest.MonkeyPatch, prec: str) -> None:
@@ -388,7 +400,7 @@ def _set_precision(monkeypatch: pytest.MonkeyPatch, prec: str) -> None:
 @pytest.mark.parametrize("prec", PRECISIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, *HALF_DTYPES])
 def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch.dtype) -> None:
-    """Every selectable precision on fp32 and half clouds.
+    """Every selectable precision on fp32 and half clouds (B = 2, d = 40).
 
     Exact products (fp32 tolerance, ε = 0.0025): tf32x3 (pre-split TF32 hi/lo operands, p split
     in the kernel), half clouds at tf32 (native fp16/bf16 products), and the cost of fp16 (bf16)
@@ -397,14 +409,13 @@ def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch
     plan at ε = 0.0025 by e^0.4).
     """
     _set_precision(monkeypatch, prec)
-    x, y, shift = _pair(dtype, d=40)
-    tc = make_tc(x, y, shift)
-    assert tc.op.prec == prec
-    rc = make_rc(x.double(), y.double(), shift.double())
+    x, y, shift = _problem(dtype, 2, d=40)
+    tc, rc = tk.make_cost(x, y, shift), _reference(x, y, shift)
+    assert tc.prec == prec
     tf32_exact = dtype != torch.float32 or _config.interpreted()
     exact_cost = prec == "tf32x3" or (prec == "tf32" and tf32_exact) or prec == _DTYPE_NAME[dtype]
     exact_plan = prec == "tf32x3" or (prec == "tf32" and tf32_exact)
-    hb, ha = _potentials(0.0025)
+    hb, ha = _potentials(0.0025, 2)
     for got, want in (
         (tc.softmin_rows(hb, 0.0025), rc.softmin_rows(hb.double(), 0.0025)),
         (tc.softmin_cols(ha, 0.0025), rc.softmin_cols(ha.double(), 0.0025)),
@@ -414,7 +425,7 @@ def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch
         else:
             torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
     eps = 0.0025 if exact_plan else 0.25
-    hb, ha = _potentials(eps)
+    hb, ha = _potentials(eps, 2)
     for got, want in (
         (tc.barycenter_rows(hb, eps), rc.barycenter_rows(hb.double(), eps)),
         (tc.barycenter_cols(ha, eps), rc.barycenter_cols(ha.double(), eps)),
@@ -424,28 +435,25 @@ def test_dot_precisions(monkeypatch: pytest.MonkeyPatch, prec: str, dtype: torch
         else:
             torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-2)
     exact_sqdist = prec == "tf32x3" or (prec == "tf32" and _config.interpreted())
-    got, want = tk.sqdist(x, y), reference.sqdist(x.double(), y.double())
+    got, want = tk.sqdist(x[0], y[0]), reference.sqdist(x[0].double(), y[0].double())
     if exact_sqdist:
         close(got, want, dtype, scale=4.0)
     else:
         torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-3)
 
 
-_DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
 # ----------------------------------------------------------------------------- operands
 
 
 def test_pack_pads_aligns_rounds_and_keeps_ready_clouds() -> None:
-    x = cloud(N, 40, 40)
+    x = torch.stack([cloud(N, 40, 40), cloud(N, 40, 41)])
     xp, lo = _common.pack(x, "tf32")
-    assert lo is None and xp.shape == (N, 48) and xp.is_contiguous()
+    assert lo is None and xp.shape == (2, N, 48) and xp.is_contiguous()
     assert xp.data_ptr() % (_common.ALIGN * 4) == 0
-    assert torch.equal(xp[:, :40], x) and bool((xp[:, 40:] == 0).all())
-    z = cloud(N, 32, 41)
+    assert torch.equal(xp[..., :40], x) and bool((xp[..., 40:] == 0).all())
+    z = torch.stack([cloud(N, 32, 42), cloud(N, 32, 43)])
     assert _common.pack(z, "tf32")[0] is z  # contiguous, aligned, d multiple of 16: no copy
-    view = cloud(N, 48, 42)[:, 8:40]  # strided view
+    view = torch.stack([cloud(N, 48, 44)])[..., 8:40]  # strided view
     zp = _common.pack(view, "tf32")[0]
     assert zp.is_contiguous() and torch.equal(zp, view)
     assert _common.pack(x.double(), "tf32")[0].dtype == torch.float32
@@ -454,11 +462,12 @@ def test_pack_pads_aligns_rounds_and_keeps_ready_clouds() -> None:
         assert none is None and zq.dtype == dt and torch.equal(zq, z.to(dt))  # one rounding
     assert _common.pack(z.half(), "tf32x3")[1] is None  # half clouds are exact in TF32
     hi, lo = _common.pack(x, "tf32x3")
-    assert hi.shape == lo.shape == (N, 48) and torch.equal(hi[:, :40] + lo[:, :40], x)
+    assert hi.shape == lo.shape == (2, N, 48) and torch.equal(hi[..., :40] + lo[..., :40], x)
 
 
 def test_tf32_split_rounds_to_nearest() -> None:
-    z = torch.cat([cloud(N, 40, 43).flatten() * 3.0, torch.tensor([0.0, -1.0, 1e-30, 7.5e4])])
+    special = torch.tensor([0.0, -1.0, 1e-30, 7.5e4], device=DEVICE)
+    z = torch.cat([cloud(N, 40, 43).flatten() * 3.0, special])
     hi, lo = _common.tf32_split(z)
     assert torch.equal(hi + lo, z)  # the split is exact
     assert bool(((hi.view(torch.int32) & 0x1FFF) == 0).all())  # 10 mantissa bits
@@ -474,7 +483,7 @@ def _tf32_hi_kernel(x_ptr, out_ptr, BLOCK: tl.constexpr):
 def test_kernel_tf32_rounding_matches_its_torch_twin() -> None:
     """``_tf32_hi`` (the barycenter's in-kernel split of p) rounds exactly as ``tf32_split``."""
     p = torch.rand(256, generator=torch.Generator().manual_seed(44)).to(DEVICE)
-    p[:4] = torch.tensor([0.0, 1.0, 2.0**-20, 0.99999994])
+    p[:4] = torch.tensor([0.0, 1.0, 2.0**-20, 0.99999994], device=DEVICE)
     out = torch.empty_like(p)
     _tf32_hi_kernel[(1,)](p, out, BLOCK=256)
     assert torch.equal(out, _common.tf32_split(p)[0])

@@ -1,6 +1,7 @@
 r"""Streaming barycenters: softmax(scores)·V without the transport plan (attention's P·V).
 
-For a row cloud R (n_r, d), a column cloud K (n_c, d) and a column vector h (n_c,),
+For a batch of row clouds R (B, n_r, d), column clouds K (B, n_c, d) and column vectors h
+(B, n_c), per batch item (subscript b dropped)
 
     out_r = Σ_c softmax_c(h_c − C_rc/ε) · K_c,     C_rc = max(t_r + t'_c − 2⟨R_r, K_c⟩, 0),
 
@@ -36,16 +37,17 @@ def barycenter(
     dtype: torch.dtype,
     prec: str,
 ) -> Tensor:
-    """out_r = Σ_c softmax_c(h_c − C_rc/ε)·cols_c for packed clouds of d features, (n_r, d).
+    """out_br = Σ_c softmax_c(h_bc − C_brc/ε)·cols_bc for packed (B, n, ·) clouds of d features.
 
-    Of ``dtype``, computed in fp32 (the points' TF32 hi + lo parts when split).
+    (B, n_r, d) of ``dtype``, computed in fp32 (the points' TF32 hi + lo parts when split), from
+    one launch.
     """
-    n_r, width = rows[0].shape
-    out = torch.empty((n_r, d), dtype=torch.float32, device=rt.device)
+    batch, n_r, width = rows[0].shape
+    out = torch.empty((batch, n_r, d), dtype=torch.float32, device=rt.device)
     block_k = _config.interpret_block_k(width)
     block = _config.INTERPRET_BLOCK
     stream(
-        rows, cols, rt, ct, h, out, eps=eps, bary=True, prec=prec, cols_per_split=cols[0].shape[0],
+        rows, cols, rt, ct, h, out, eps=eps, bary=True, prec=prec, cols_per_split=cols[0].shape[1],
         grid=lambda meta: (triton.cdiv(n_r, meta["BLOCK_R"]), triton.cdiv(d, meta["BLOCK_V"])),
         interpret={"BLOCK_R": block, "BLOCK_C": block, "BLOCK_K": block_k, "BLOCK_V": block_k},
     )  # fmt: skip

@@ -173,18 +173,25 @@ def _rowterm_kernel(
     out_ptr,
     N,
     D,
+    stride_zb,
     stride_z,
+    stride_sb,
     MODE: tl.constexpr,
     SPLIT: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """out_i = ‖z_i‖² (MODE 0), ‖z_i + s‖² (MODE 1) or Σ_k z_ik (z_ik − 2 s_k) (MODE 2).
+    """out_bi = ‖z_bi‖² (MODE 0), ‖z_bi + s_b‖² (MODE 1) or Σ_k z_bik (z_bik − 2 s_bk) (MODE 2).
 
-    z is a packed cloud (``SPLIT``: its TF32 hi part, ``zlo_ptr`` the lo part, z = hi + lo
-    exactly in fp32); s has the padded width D.
+    z is a packed (B, N, D) cloud (``SPLIT``: its TF32 hi part, ``zlo_ptr`` the lo part, z = hi
+    + lo exactly in fp32); s (B, D) has the padded width; out is (B, N). Grid: (row blocks, B).
     """
     pid = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    z_ptr += pid_b * stride_zb
+    zlo_ptr += pid_b * stride_zb
+    s_ptr += pid_b * stride_sb
+    out_ptr += pid_b * N
     offs_r = pid.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < N
     acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
@@ -214,19 +221,19 @@ def rowterm_gpu_config() -> triton.Config:
 
 
 def pad_shift(shift: Tensor, width: int) -> Tensor:
-    """An fp32 translation zero-padded to the packed width (the kernels read ``width`` values)."""
+    """An fp32 (B, d) translation zero-padded to (B, width) (the kernels read ``width`` values)."""
     shift = shift.to(torch.float32)
     return torch.nn.functional.pad(shift, (0, width - shift.shape[-1])).contiguous()
 
 
 def rowterm(z: Operand, shift: Tensor | None, mode: int) -> Tensor:
-    """Per-row fp32 term of :func:`_rowterm_kernel` for a packed (n, width) cloud, shape (n,).
+    """Per-row fp32 term of :func:`_rowterm_kernel` for a packed (B, n, width) cloud, (B, n).
 
-    ``shift`` is padded to the width (:func:`pad_shift`); ``None`` gives ‖z_i‖².
+    ``shift`` (B, width) is padded (:func:`pad_shift`); ``None`` gives ‖z_bi‖². One launch.
     """
     (hi, lo) = z
-    n, width = hi.shape
-    out = torch.empty(n, dtype=torch.float32, device=hi.device)
+    batch, n, width = hi.shape
+    out = torch.empty((batch, n), dtype=torch.float32, device=hi.device)
     if shift is None:
         mode = MODE_PLAIN
     s = shift if shift is not None else out  # dummy pointer when unused
@@ -234,9 +241,9 @@ def rowterm(z: Operand, shift: Tensor | None, mode: int) -> Tensor:
     conf = _config.one_pass_config(
         rowterm_gpu_config(), BLOCK_R=_config.INTERPRET_BLOCK, BLOCK_K=block_k
     )
-    grid = (triton.cdiv(n, conf.kwargs["BLOCK_R"]),)
+    grid = (triton.cdiv(n, conf.kwargs["BLOCK_R"]), batch)
     _rowterm_kernel[grid](
-        hi, lo if lo is not None else hi, s, out, n, width, hi.stride(0), MODE=mode,
-        SPLIT=lo is not None, **conf.all_kwargs(),
+        hi, lo if lo is not None else hi, s, out, n, width, hi.stride(0), hi.stride(1),
+        s.stride(0), MODE=mode, SPLIT=lo is not None, **conf.all_kwargs(),
     )  # fmt: skip
     return out

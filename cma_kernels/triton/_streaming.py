@@ -7,7 +7,9 @@ from the packed embeddings (``tl.dot`` over BLOCK_K feature chunks, fp32 accumul
 ``SPLIT`` three TF32 products of their hi/lo parts, see :mod:`._common`) and turned into
 base-2 scores s_rc = h_c·log2(e) − C_rc·log2(e)/ε, folded into a running maximum m and sum
 l ← l·2^(m−m') + Σ_c 2^(s−m') (FlashAttention's online log-sum-exp). Nothing of size
-(n_r, n_c) is ever written; offsets are int64.
+(n_r, n_c) is ever written; offsets are int64. Grid axis 2 is the batch item: one launch serves
+a batch of B problems (B, n_r, d) × (B, n_c, d), every pointer offset by b times its batch
+stride.
 
 * ``BARY=False`` (soft-min): writes the base-2 log-sum-exp m + log2 l of the columns of its
   split (grid axis 1), times ``out_scale``; see :mod:`._softmin`.
@@ -44,8 +46,11 @@ def _stream_kernel(
     NC,
     D,
     D_OUT,
+    stride_rb,
     stride_r,
+    stride_cb,
     stride_c,
+    stride_ob,
     stride_o,
     cols_per_split,
     scale2,
@@ -58,9 +63,17 @@ def _stream_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    """Soft-min: out[split, r] = out_scale·log2 Σ_c 2^(s_rc). Barycenter: out[r, v] = P·K."""
+    """Soft-min: out[b, split, r] = out_scale·log2 Σ_c 2^(s_brc). Barycenter: out[b, r, v] = P·K."""
     pid_r = tl.program_id(0)
     pid_1 = tl.program_id(1)  # column split (soft-min) or feature block (barycenter)
+    pid_b = tl.program_id(2).to(tl.int64)  # batch item
+    r_ptr += pid_b * stride_rb
+    rlo_ptr += pid_b * stride_rb
+    c_ptr += pid_b * stride_cb
+    clo_ptr += pid_b * stride_cb
+    rt_ptr += pid_b * NR
+    ct_ptr += pid_b * NC
+    h_ptr += pid_b * NC
     offs_r = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = offs_r < NR
     rt = tl.load(rt_ptr + offs_r, mask=mask_r, other=0.0)
@@ -104,17 +117,20 @@ def _stream_kernel(
         m_i = m_new
     if BARY:
         tl.store(
-            out_ptr + offs_r[:, None] * stride_o + offs_v[None, :],
+            out_ptr + pid_b * stride_ob + offs_r[:, None] * stride_o + offs_v[None, :],
             acc / l_i[:, None],
             mask=mask_r[:, None] & mask_v[None, :],
         )
     else:
         lse2 = m_i + tl.log2(l_i)
-        tl.store(out_ptr + pid_1.to(tl.int64) * NR + offs_r, lse2 * out_scale, mask=mask_r)
+        row0 = (pid_b * tl.num_programs(1) + pid_1) * NR
+        tl.store(out_ptr + row0 + offs_r, lse2 * out_scale, mask=mask_r)
 
 
 #: Autotuning key of both roles.
 KEY = ("NR", "NC", "D", "PREC", "BARY")
+#: The batch is grid axis 2 (at most 65535 programs on CUDA).
+MAX_BATCH = 65535
 
 
 def role_constexprs(bary: bool) -> dict[str, int]:
@@ -132,25 +148,33 @@ def stream(
     *,
     eps: float,
     bary: bool,
-    grid: Callable[[dict[str, Any]], tuple[int, ...]],
+    grid: Callable[[dict[str, Any]], tuple[int, int]],
     cols_per_split: int,
     interpret: dict[str, int],
     prec: str,
     out_scale: float = 1.0,
 ) -> None:
-    """Launch :func:`_stream_kernel` in one role on clouds packed at ``prec`` (two callers)."""
+    """Launch :func:`_stream_kernel` in one role on clouds packed at ``prec`` (two callers).
+
+    rows (B, n_r, width), cols (B, n_c, width); rt (B, n_r), ct and h (B, n_c); out (B, split,
+    n_r) for the soft-min, (B, n_r, d) for the barycenter. ``grid`` gives the first two grid
+    axes; the batch is the third: one launch for the whole batch.
+    """
     (r, r_lo), (c, c_lo) = rows, cols
-    n_r, width = r.shape
+    batch, n_r, width = r.shape
+    if batch > MAX_BATCH:
+        raise ValueError(f"batch: at most {MAX_BATCH} problems per launch, got {batch}")
     split = r_lo is not None
-    stride_o = out.stride(0) if bary else 0
     h = h.to(torch.float32).contiguous()
     if h.data_ptr() % 16:  # every pointer 16-byte-aligned: the specialisation compiled and checked
         h = h.clone()
     args = (r, c, r_lo if split else r, c_lo if split else c, rt, ct, h, out)
-    args += (n_r, c.shape[0], width, out.shape[1] if bary else width, r.stride(0), c.stride(0))
-    args += (stride_o, cols_per_split, _config.LOG2E / eps, out_scale)
+    args += (n_r, c.shape[1], width, out.shape[2] if bary else width)
+    args += (r.stride(0), r.stride(1), c.stride(0), c.stride(1))
+    args += (out.stride(0), out.stride(1) if bary else 0)
+    args += (cols_per_split, _config.LOG2E / eps, out_scale)
     role = "barycenter" if bary else "softmin"
     _config.launch(
-        _stream_kernel, role, KEY, grid, args, interpret, PREC=prec, SPLIT=split, BARY=bary,
-        **role_constexprs(bary),
+        _stream_kernel, role, KEY, lambda meta: (*grid(meta), batch), args, interpret, PREC=prec,
+        SPLIT=split, BARY=bary, **role_constexprs(bary),
     )  # fmt: skip

@@ -7,7 +7,7 @@ calls them without running a kernel, and an exact backward written with PyTorch 
   ∂L/∂x_i = 2(Σ_j G_ij · x̃_i − Σ_j G_ij ỹ_j),   ∂L/∂y_j = 2(Σ_i G_ij · ỹ_j − Σ_i G_ij x̃_i),
   ∂L/∂x_shift = −Σ_i ∂L/∂x_i,   ∂L/∂y_shift = −Σ_j ∂L/∂y_j
   (the true gradient of ‖x̃_i − ỹ_j‖²; at the clamp, C = 0 only where x̃_i = ỹ_j, where it is 0).
-* centroid, μ_x = Σ a_i x_i, μ_y = Σ b_j y_j, G_C² = ‖μ_x − μ_y‖²:
+* centroid, μ_x = Σ a_i x_i, μ_y = Σ b_j y_j, G_C² = ‖μ_x − μ_y‖² (per batch item):
   ∂L/∂x_i = a_i (ḡ_μx + 2 ḡ_gap (μ_x − μ_y)),   ∂L/∂y_j = b_j (ḡ_μy − 2 ḡ_gap (μ_x − μ_y)).
   The weights a, b are constants (no gradient), as in the reference.
 
@@ -82,15 +82,19 @@ def sqdist(
 
 @torch.library.custom_op("cma_kernels::triton_centroid", mutates_args=())
 def _centroid_op(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(μ_x, μ_y, ‖μ_x − μ_y‖²) in one launch."""
+    """(μ_x (B, d), μ_y (B, d), ‖μ_x − μ_y‖² (B,)) of (B, n, d) clouds in one launch."""
     return centroid_launch(x, y, a, b)
 
 
 @_centroid_op.register_fake
 def _(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dt = _config.out_dtype(x)
-    d = x.shape[1]
-    return x.new_empty(d, dtype=dt), x.new_empty(d, dtype=dt), x.new_empty((), dtype=dt)
+    batch, _, d = x.shape
+    return (
+        x.new_empty((batch, d), dtype=dt),
+        x.new_empty((batch, d), dtype=dt),
+        x.new_empty(batch, dtype=dt),
+    )
 
 
 def _centroid_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
@@ -104,11 +108,12 @@ def _centroid_backward(
     ctx: Any, g_mu_x: Tensor, g_mu_y: Tensor, g_gap: Tensor
 ) -> tuple[Tensor, Tensor, None, None]:
     a, b, mu_x, mu_y = ctx.saved_tensors
+    g_gap = g_gap.unsqueeze(-1)
     diff2 = 2.0 * (mu_x - mu_y)
     vx = g_mu_x + g_gap * diff2
     vy = g_mu_y - g_gap * diff2
-    grad_x = a.to(vx.dtype).unsqueeze(1) * vx.unsqueeze(0)
-    grad_y = b.to(vy.dtype).unsqueeze(1) * vy.unsqueeze(0)
+    grad_x = a.to(vx.dtype).unsqueeze(-1) * vx.unsqueeze(-2)
+    grad_y = b.to(vy.dtype).unsqueeze(-1) * vy.unsqueeze(-2)
     return grad_x.to(ctx.x_dtype), grad_y.to(ctx.y_dtype), None, None
 
 
@@ -118,11 +123,10 @@ _centroid_op.register_autograd(_centroid_backward, setup_context=_centroid_setup
 def centroid(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> CentroidStats:
     """μ_x = Σ a_i x_i, μ_y = Σ b_j y_j and ‖μ_x − μ_y‖², one kernel launch, exact backward.
 
-    Batched (B, n, d) clouds with (B, n) weights give (B, d) means and (B,) gaps (one launch per
-    batch item).
+    Batched (B, n, d) clouds with (B, n) weights give (B, d) means and (B,) gaps (one launch for
+    the batch); (n, d) clouds with (n,) weights give (d,) means and a 0-dim gap.
     """
-    if x.dim() == 3:
-        parts = [_centroid_op(x[i], y[i], a[i], b[i]) for i in range(x.shape[0])]
-        return CentroidStats(*(torch.stack(t) for t in zip(*parts, strict=True)))
-    mu_x, mu_y, gap2 = _centroid_op(x, y, a, b)
-    return CentroidStats(mu_x, mu_y, gap2)
+    if x.dim() == 2:
+        mu_x, mu_y, gap2 = _centroid_op(x[None], y[None], a[None], b[None])
+        return CentroidStats(mu_x[0], mu_y[0], gap2[0])
+    return CentroidStats(*_centroid_op(x, y, a, b))

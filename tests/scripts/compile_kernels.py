@@ -62,7 +62,7 @@ SPECS = ("packed", "aligned", "any")
 FLOAT_ARGS = ("scale2", "out_scale")
 #: Integer arguments that are multiples of 16 in a d = 512 problem (Triton specialises them).
 DIVISIBLE_ARGS = ("D", "stride_r", "stride_c", "stride_x", "stride_y", "stride_z", "cols_per_split")
-DIVISIBLE_ARGS += ("stride_rb", "stride_cb", "stride_xb", "stride_yb", "stride_zb")
+DIVISIBLE_ARGS += ("stride_rb", "stride_cb", "stride_xb", "stride_yb", "stride_zb", "stride_sb")
 
 
 @dataclass(frozen=True)
