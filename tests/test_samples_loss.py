@@ -8,8 +8,8 @@ carries an annealing-lag error of order (1 − scaling). Two kinds of comparison
   ``diameter`` just above ``blur`` and ``scaling = 1 − 1e-5`` give ``GL_STEPS`` symmetric
   updates at an ε within 2·GL_STEPS·1e-5 of blur² (plain fixed-ε Sinkhorn, iterated to
   convergence), against ours at ``tol = 1e-11``, all in float64. Stated tolerances: value
-  ≤ 1e-8 relative (balanced), ≤ 1e-5 (unbalanced: GeomLoss's value sits 3e-7 to 2e-6 from the
-  float64 oracle of ``test_unbalanced.py``, which ours meets to 1e-14); gradients ≤ 2e-4
+  ≤ 1e-8 relative (balanced), ≤ 1e-5 (unbalanced: GeomLoss's value sits 3e-8 to 2e-6 from
+  ours, which meets the float64 oracle of ``test_unbalanced.py`` to 2e-13); gradients ≤ 2e-4
   relative (GeomLoss's floor: its last updates run at ε·(1 + O(1e-5)); measured 1e-6 to
   5e-5). Unbalanced gradients differ by the factor (ρ + ε/2)/(ρ + ε) (in GeomLoss's units):
   GeomLoss's autograd differentiates (ρ + ε/2)·e^{−f/ρ} through the last update, and its
