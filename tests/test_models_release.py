@@ -12,7 +12,7 @@ import torch
 import cma.models.pretraining as pretrain_mod
 from cma.models import PretrainConfig, PretrainedUnavailableError, base_model
 from cma.models.pretraining import PACKAGED_BASE_INFO, file_sha256, packaged_base
-from cma.models.release import CURVE_KEYS, converged, release
+from cma.models.release import CURVE_KEYS, converged, release, report_only
 
 TINY = PretrainConfig(
     arch="cma-micro", world_size=64, image_size=32, steps=6, batch_size=16, lr=5e-3,
@@ -28,10 +28,16 @@ def test_convergence_criterion() -> None:
     steps = [100, 200, 300, 400, 500]
     flat = converged(curve([0.5, 0.8, 0.9, 0.905, 0.909], steps), 500)
     assert flat["holds"] and flat["points"] == 2 and flat["tail_from"] == 400
-    assert flat["range"]["zeroshot_top1"] == pytest.approx(0.004)
+    assert flat["change"]["zeroshot_top1"] == pytest.approx(0.004)
+    assert flat["trend"]["zeroshot_top1"] == pytest.approx(0.004)  # slope × 100 steps
     rising = converged(curve([0.5, 0.8, 0.9, 0.90, 0.915], steps), 500)
-    assert not rising["holds"] and rising["range"]["retrieval_t2i_r1"] == pytest.approx(0.015)
+    assert not rising["holds"] and rising["change"]["retrieval_t2i_r1"] == pytest.approx(0.015)
     assert not converged(curve([0.9], [500]), 500)["holds"]  # one point cannot show a plateau
+    # the criterion is the change over the tail; a noisy point inside it shows in "range"
+    steps = list(range(100, 1100, 100))
+    noisy = converged(curve([0.5] * 7 + [0.80, 0.79, 0.806], steps), 1000)
+    assert noisy["holds"] and noisy["points"] == 3
+    assert noisy["range"]["zeroshot_top1"] == pytest.approx(0.016)
 
 
 def test_release_writes_float16_weights_checksum_and_curve(
@@ -46,6 +52,8 @@ def test_release_writes_float16_weights_checksum_and_curve(
     assert [p["step"] for p in saved["curve"]] == [1, 3, 6]
     assert all(0.0 <= p[k] <= 1.0 for p in saved["curve"] for k in CURVE_KEYS)
     assert (tmp_path / "c.png").stat().st_size > 0
+    redone = report_only(info, tmp_path / "c2.png")  # the verdict again, from the stored curve
+    assert redone["converged"] == saved["converged"] and (tmp_path / "c2.png").is_file()
     state = torch.load(weights, weights_only=True)["model"]
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
 

@@ -11,10 +11,12 @@ ways) on the world's ``val`` split every ``--eval-every`` steps — then writes
   convergence verdict;
 * ``docs/base_curve.png``: the curve.
 
-**Convergence criterion** (issue #14): over the evaluations in the last ``tail`` = 20 % of
-pretraining (steps ≥ 0.8·S), every curve metric varies by less than ``tol`` = 1 point
-(``max − min < 0.01``). The curve is measured on ``val`` so that the test split that every
-report uses plays no part in choosing the model.
+**Convergence criterion** (issue #14: "zero-shot top-1 and R@1 change < 1 point over the last
+20 % of pretraining"): every curve metric changes by less than ``tol`` = 1 point between the
+first curve point of the last ``tail`` = 20 % of pretraining (step 0.8·S) and the last (step S).
+The spread (max − min) and the least-squares trend over that tail are reported beside it. The
+curve is measured on ``val`` so that the test split that every report uses plays no part in
+choosing the model. ``--report-only`` recomputes the verdict and redraws the PNG from the json.
 """
 
 from __future__ import annotations
@@ -47,11 +49,23 @@ from cma.models.pretraining import (
     pretrain,
 )
 
-__all__ = ["CURVE_KEYS", "converged", "curve_point", "main", "plot_curve", "release"]
+__all__ = [
+    "CURVE_KEYS",
+    "converged",
+    "curve_point",
+    "main",
+    "plot_curve",
+    "release",
+    "report_only",
+]
 
 #: Metrics of the convergence curve (fractions in [0, 1]).
 CURVE_KEYS: tuple[str, ...] = ("zeroshot_top1", "retrieval_i2t_r1", "retrieval_t2i_r1")
 DOCS_PNG = Path(__file__).resolve().parents[2] / "docs" / "base_curve.png"
+CRITERION = (
+    "every curve metric (zero-shot top-1, R@1 i2t, R@1 t2i on the val split) changes by < 1 "
+    "point between step 0.8·S and step S (the last 20 % of pretraining)"
+)
 
 
 @torch.no_grad()
@@ -77,16 +91,39 @@ def converged(
 ) -> dict[str, Any]:
     """The criterion of the module doc on ``curve`` (points ``{"step", key: value}``).
 
-    Returns ``{"holds", "tail_from", "points", "range": {key: max − min over the tail}}``;
-    ``holds`` is False with fewer than 2 points in the tail.
+    ``change``: per key, the value at the last point minus the value at the first point of the
+    tail (steps ≥ (1 − tail)·S) — the criterion, ``holds`` when every ``|change| < tol`` (False
+    with fewer than 2 tail points). Reported beside it, to judge the noise of single points:
+    ``range`` (max − min over the tail points) and ``trend`` (least-squares slope over the tail
+    times its length, tail·S steps); None where there are too few points.
     """
     start = (1.0 - tail) * total_steps
-    pts = [p for p in curve if p["step"] >= start]
-    ranges = {
-        k: (max(p[k] for p in pts) - min(p[k] for p in pts)) if pts else float("nan") for k in keys
+    pts = sorted((p for p in curve if p["step"] >= start), key=lambda p: p["step"])
+    change: dict[str, float | None] = {}
+    spread: dict[str, float | None] = {}
+    trend: dict[str, float | None] = {}
+    for k in keys:
+        ys = [float(p[k]) for p in pts]
+        xs = [float(p["step"]) for p in pts]
+        change[k] = ys[-1] - ys[0] if len(ys) >= 2 else None
+        spread[k] = max(ys) - min(ys) if ys else None
+        if len(ys) >= 2:
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            var = sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+            trend[k] = slope * tail * total_steps
+        else:
+            trend[k] = None
+    ok = len(pts) >= 2 and all(c is not None and abs(c) < tol for c in change.values())
+    return {
+        "holds": ok,
+        "tail_from": start,
+        "points": len(pts),
+        "tol": tol,
+        "change": change,
+        "range": spread,
+        "trend": trend,
     }
-    ok = len(pts) >= 2 and all(r < tol for r in ranges.values())
-    return {"holds": ok, "tail_from": start, "points": len(pts), "tol": tol, "range": ranges}
 
 
 def plot_curve(
@@ -137,6 +174,7 @@ def _save_fp16(path: Path, model: nn.Module, **extra: Any) -> None:
     os.close(fd)
     try:
         torch.save({"model": state, **extra}, tmp)
+        os.chmod(tmp, 0o644)  # package data: readable by all (mkstemp makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -205,24 +243,47 @@ def release(
         "seconds": round(stats["seconds"], 1),
         "threads": threads or torch.get_num_threads(),
         "logit_scale": stats["logit_scale"],
-        "criterion": "every curve metric (zero-shot top-1, R@1 i2t, R@1 t2i on the val split) "
-        "varies by < 1 point over the evaluations in the last 20 % of pretraining",
+        "criterion": CRITERION,
         "converged": verdict,
         "curve": curve,
         "command": command,
     }
     info.write_text(json.dumps(payload, indent=2) + "\n")
     if png is not None:
-        plot_curve(
-            curve,
-            png,
-            config.steps,
-            title=(
-                f"embedded base ({config.arch}, {config.steps} steps, batch {config.batch_size}): "
-                f"val curve; converged: {verdict['holds']}"
-            ),
-        )
+        plot_curve(curve, png, config.steps, title=_title(payload))
     return payload
+
+
+def report_only(
+    info: str | os.PathLike = PACKAGED_BASE_INFO, png: str | os.PathLike | None = DOCS_PNG
+) -> dict[str, Any]:
+    """Recompute the verdict of an info json from its stored curve and redraw the PNG."""
+    info = Path(info)
+    payload = json.loads(info.read_text())
+    steps = int(payload["pretrain_config"]["steps"])
+    payload["criterion"] = CRITERION
+    payload["converged"] = converged(payload["curve"], steps)
+    info.write_text(json.dumps(payload, indent=2) + "\n")
+    if png is not None:
+        plot_curve(payload["curve"], png, steps, title=_title(payload))
+    return payload
+
+
+def _title(payload: Mapping[str, Any]) -> str:
+    c = payload["pretrain_config"]
+    verdict = payload["converged"]
+    changes = ", ".join(
+        f"{k.replace('retrieval_', 'R@1 ').replace('_r1', '')} {_points(v)}"
+        for k, v in verdict["change"].items()
+    )
+    return (
+        f"embedded base ({c['arch']}, {c['steps']} steps, batch {c['batch_size']}), val split\n"
+        f"last 20 %: {changes} points → converged: {verdict['holds']}"
+    )
+
+
+def _points(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:+.2f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,8 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--png", default=str(DOCS_PNG), help="output curve PNG ('' for none)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: recompute the verdict of --info from its curve, redraw --png",
+    )
     args = p.parse_args(argv)
     try:
+        if args.report_only:
+            info = report_only(args.info, args.png or None)
+            print(f"{args.info}: converged: {info['converged']['holds']}")
+            return 0
         info = release(
             dataclasses.replace(d, steps=args.steps),
             eval_every=args.eval_every,
@@ -257,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c = info["converged"]
     print(
         f"wrote {args.weights} ({info['bytes'] / 1e6:.1f} MB, sha256 {info['sha256'][:12]}…), "
-        f"{args.info}; converged: {c['holds']} (tail ranges "
-        + ", ".join(f"{k} {100 * v:.2f} pts" for k, v in c["range"].items())
+        f"{args.info}; converged: {c['holds']} (last 20 %: "
+        + ", ".join(f"{k} {_points(v)} pts" for k, v in c["change"].items())
         + ")"
     )
     return 0
