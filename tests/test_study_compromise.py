@@ -103,3 +103,16 @@ def test_study_outputs_with_controls(tmp_path: Path) -> None:
     ari = rows["ARI of the base model (vs control: of the control)"]
     assert ari["ours"] == pytest.approx(0.7) and ari["vs_control"] == pytest.approx(0.8)
     assert rows["excess gap closed at α=0.5 (G_T − paraphrase floor)"]["vs_control"] > 0
+
+
+def test_geometric_claim_compares_the_alignment_effect_with_centring() -> None:
+    recs = records({0.05: 0.2, 0.1: 0.5, 0.5: 2.0, 1.0: 4.0})
+    base = recs[0]["metrics"]
+    cent = dict(base, gap_centroid=0.0, gap_total=0.64, cider=1.5 * 0.75)
+    recs.append(ex._record(Variant("baseline", 0, baseline="centering"), cent, base, 1.0, False))
+    geo = agg.geometric_claim(agg.summarize(recs))
+    effect = agg.summarize(recs)["tpc-a0.5"]["effect"]
+    assert geo["tpc_against"] == "control"
+    assert geo["gains"]["zeroshot_top1"]["tpc"] == pytest.approx(-2.0)  # vs control, not +3
+    assert geo["gains"]["ari"]["tpc"] == pytest.approx(-effect["ari_drop_points"])
+    assert geo["gains"]["ari"]["centering"] == pytest.approx(0.0)

@@ -208,8 +208,14 @@ def geometric_claim(
     groups: Mapping[str, Mapping[str, Any]], alpha: float = 0.5, tolerance_pct: float = 1.0
 ) -> dict[str, Any]:
     """Post-hoc centring leaves G_D unchanged (|Δ| ≤ ``tolerance_pct`` %) and helps the tasks less
-    than TPC-CMA at ``alpha``: ARI gain, CIDEr gain (%) and retrieval R@1 gains compared."""
+    than TPC-CMA at ``alpha``: ARI gain, CIDEr gain (%) and retrieval R@1 gains compared.
+
+    Centring acts on the base model's embeddings, so its gains are against the base model;
+    TPC-CMA's are its alignment effect — against its α = 0 control — when the study has the
+    control (``tpc_against``: "control"), else against the base model ("base").
+    """
     cent, tpc = groups.get("centering"), find_group(groups, "tpc", alpha)
+    part = "effect" if tpc is not None and tpc.get("effect") else "change"
     gd = _get(cent, "change", "gap_distribution_reduction_pct")
     gains = {}
     for key, label in (
@@ -220,7 +226,7 @@ def geometric_claim(
         ("zeroshot_top1", "zero-shot gain (points)"),
     ):
         suffix = "_drop_rel_pct" if key == "cider" else "_drop_points"
-        c, t = -_get(cent, "change", key + suffix), -_get(tpc, "change", key + suffix)
+        c, t = -_get(cent, "change", key + suffix), -_get(tpc, part, key + suffix)
         if math.isfinite(c) and math.isfinite(t):
             gains[key] = {"label": label, "centering": c, "tpc": t}
     headline = [gains[k] for k in ("ari", "cider") if k in gains]
@@ -228,7 +234,8 @@ def geometric_claim(
         "alpha": alpha,
         "centering_gd_reduction_pct": gd,
         "centering_gc_reduction_pct": _get(cent, "change", "gap_centroid_reduction_pct"),
-        "tpc_gd_reduction_pct": _get(tpc, "change", "gap_distribution_reduction_pct"),
+        "tpc_gd_reduction_pct": _get(tpc, part, "gap_distribution_reduction_pct"),
+        "tpc_against": "control" if part == "effect" else "base",
         "gd_unchanged": math.isfinite(gd) and abs(gd) <= tolerance_pct,
         "gains": gains,
         "tasks_less_than_tpc": bool(headline) and all(g["centering"] < g["tpc"] for g in headline),

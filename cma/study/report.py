@@ -273,6 +273,10 @@ def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**holds**" if ok else "**missed**")
 
 
+def _against(geo: Mapping[str, Any]) -> str:
+    return "its α = 0 control" if geo.get("tpc_against") == "control" else "the base model"
+
+
 def claims_markdown(summary: Mapping[str, Any]) -> list[str]:
     """The issue's targets with the measured figures and a verdict each."""
     claims, md = summary["claims"], []
@@ -283,7 +287,8 @@ def claims_markdown(summary: Mapping[str, Any]) -> list[str]:
             f"{_verdict(geo['gd_unchanged'])}: centring changes G_D by "
             f"{fmt_pm(geo['centering_gd_reduction_pct'], None, 2)} % (G_C by "
             f"{fmt_pm(geo['centering_gc_reduction_pct'], None, 1)} %), TPC-CMA at "
-            f"α={geo['alpha']:g} by {fmt_pm(geo['tpc_gd_reduction_pct'], None, 1)} %."
+            f"α={geo['alpha']:g} by {fmt_pm(geo['tpc_gd_reduction_pct'], None, 1)} % (against "
+            f"{_against(geo)})."
         )
         gains = "; ".join(
             f"{g['label']}: centring {fmt_pm(g['centering'], None, 2, sign=True)}, "
@@ -292,7 +297,8 @@ def claims_markdown(summary: Mapping[str, Any]) -> list[str]:
         )
         md.append(
             f"   **…and improves the tasks less than TPC-CMA at α={geo['alpha']:g}** — "
-            f"{_verdict(geo['tasks_less_than_tpc'])} (ARI and CIDEr): {gains}."
+            f"{_verdict(geo['tasks_less_than_tpc'])} (ARI and CIDEr; centring against the base "
+            f"model, TPC-CMA against {_against(geo)}): {gains}."
         )
     else:
         md.append("1. Geometric claim: n/a (needs the `centering` baseline and TPC-CMA α=0.5).")
@@ -634,7 +640,8 @@ def plot_compromise(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -
             ),
         )
         for ax, keys in panels:
-            for key, name, marker in keys:
+            shades = {"tpc": ("tab:blue", "tab:purple"), "constant": ("tab:red", "tab:orange")}
+            for (key, name, marker), color in zip(keys, shades[kind], strict=False):
                 x, xe = series(gs, key)
                 ax.errorbar(
                     x,
@@ -645,6 +652,7 @@ def plot_compromise(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -
                     ms=6,
                     **{
                         **st,
+                        "color": color,
                         "marker": marker if kind == "tpc" else "s",
                         "label": f"{st['label']}: {name}",
                     },
@@ -657,7 +665,7 @@ def plot_compromise(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -
                             textcoords="offset points",
                             xytext=(4, 3),
                             fontsize=6,
-                            color=st["color"],
+                            color=color,
                         )
     g05, g5 = PAPER["gap_reduction_pct@0.05"], PAPER["gap_reduction_pct@0.5"]
     ax_a.scatter([0.05, 0.5], [g05, g5], label="paper (G_T)", **paper)
@@ -667,7 +675,10 @@ def plot_compromise(groups: Mapping[str, Mapping[str, Any]], path: str | Path) -
     ax_d.scatter(
         [ari, PAPER["cider_gain_pct@0.5"]], [g5, g5], label="paper α=0.5: ARI, CIDEr", **paper
     )
+    ticks = sorted({0.05, 0.5, *(float(g["alpha"]) for gs in by_kind.values() for g in gs)})
     ax_a.set_xscale("log")
+    ax_a.set_xticks(ticks, [f"{a:g}" for a in ticks])
+    ax_a.minorticks_off()
     ax_a.set_xlabel("α_target")
     ax_a.set_title("(a) gap closed by the alignment (vs the α = 0 control)", fontsize=9)
     titles = {
