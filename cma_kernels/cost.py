@@ -45,6 +45,10 @@ class CostOperator(ABC):
     the public methods count the work and delegate.
     """
 
+    #: Whether the solver may stack OT_ε(x, x) and OT_ε(y, y) into one operator of batch 2B
+    #: (one launch per update, at the price of one copy of both clouds).
+    stacks_self_problems: bool = True
+
     def __init__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> None:
         self.x = x  # (B, N, d)
         self.y = y  # (B, M, d)

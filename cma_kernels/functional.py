@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from . import _checks, sharded
@@ -41,8 +42,10 @@ def centroid_stats(
     """μ_x = Σ_i a_i x_i, μ_y = Σ_j b_j y_j and G_C² = ‖μ_x − μ_y‖², differentiable in x, y.
 
     Batched clouds give (B, d) means and (B,) gaps. Data checks (NaN/Inf, weight values) run on
-    CPU tensors, where they cost no device sync; on accelerators non-finite inputs give
-    non-finite outputs (the Sinkhorn functions check them within their own single sync).
+    CPU tensors, where they cost no device sync: a NaN/Inf point makes its mean non-finite, so
+    the finished G_C² is the probe (O(B) values read, no extra pass over the clouds) and only a
+    non-finite result scans the inputs to name the bad one. On accelerators non-finite inputs
+    give non-finite outputs (the Sinkhorn functions check them within their own single sync).
     Sharded (``group``): the means are all-reduced (differentiable) over every process's points.
     """
     x, y = _checks.check_pair(x, y)
@@ -51,10 +54,21 @@ def centroid_stats(
     b = _checks.check_weights("b", b, y, dtype)
     resolved = resolve_backend(backend, x, y)
     group_id = sharded.register(group, x, y)
-    if x.device.type == "cpu" and group_id < 0:
-        weights = {k: w for k, w in (("a", a), ("b", b)) if w is not None}
-        _checks.check_data({"x": x, "y": y}, weights)
-    x, y = x.to(dtype), y.to(dtype)
+    weights = {k: w for k, w in (("a", a), ("b", b)) if w is not None}
+    checked = x.device.type == "cpu" and group_id < 0 and not torch.compiler.is_compiling()
+    if checked and weights:
+        _checks.check_data({}, weights)
+    stats = _centroid_stats(x.to(dtype), y.to(dtype), a, b, resolved, group_id)
+    if checked and not bool(torch.isfinite(stats.gap2).all()):
+        _checks.check_data({"x": x, "y": y}, {})  # names the bad cloud (or the sum overflowed)
+    return stats
+
+
+def _centroid_stats(
+    x: Tensor, y: Tensor, a: Tensor | None, b: Tensor | None, resolved: str, group_id: int
+) -> CentroidStats:
+    """:func:`centroid_stats` once the inputs are checked: the backend's means and gap."""
+    dtype = x.dtype
     total = sharded.total_fn(group_id)
     a = None if a is None else _checks.normalized(a, total)
     b = None if b is None else _checks.normalized(b, total)

@@ -25,6 +25,20 @@ TENSORIZED_MAX_ELEMENTS = 1 << 22
 CHUNK_ELEMENTS = 1 << 21
 
 
+#: Scores more than 46 below their row's largest (e^{−46} ≈ 1e−20) are raised to it before the
+#: exponential: no float32 sum or product changes (M·1e−20 ≪ 2⁻²⁴), while arguments that
+#: underflow make the CPU's exp ~8× slower and its subnormal results make GEMMs ~6× slower.
+EXP_FLOOR = -46.0
+
+
+def exp_from_peak_(scores: Tensor, dim: int) -> Tensor:
+    """scores ← exp(max(scores − peak, EXP_FLOOR)) in place, peak = max along ``dim``; returns
+    the peak (kept dim): Σ exp(scores) = exp(peak)·Σ(result) to float32 precision."""
+    peak = scores.amax(dim=dim, keepdim=True)
+    scores.sub_(peak).clamp_min_(EXP_FLOOR).exp_()
+    return peak
+
+
 def sqdist(
     x: Tensor, y: Tensor, x_shift: Tensor | None = None, y_shift: Tensor | None = None
 ) -> Tensor:
@@ -70,17 +84,32 @@ class TensorizedCost(CostOperator):
         self._y_shifted = self.y_shifted
         self.cost = _sqdist(self.x, self._y_shifted)
 
+    def _scores(self, h: Tensor, eps: float, dim: int) -> Tensor:
+        """h − C/ε with h broadcast along the reduced axis ``dim`` (a new (B, N, M) tensor)."""
+        return torch.sub(
+            h.unsqueeze(-2) if dim == -1 else h.unsqueeze(-1), self.cost, alpha=1.0 / eps
+        )
+
+    def _softmin(self, h: Tensor, eps: float, dim: int) -> Tensor:
+        scores = self._scores(h, eps, dim)
+        peak = exp_from_peak_(scores, dim)
+        return -eps * (peak + scores.sum(dim=dim, keepdim=True).log_()).squeeze(dim)
+
     def _softmin_rows(self, h: Tensor, eps: float) -> Tensor:
-        return -eps * torch.logsumexp(h.unsqueeze(-2) - self.cost / eps, dim=-1)
+        return self._softmin(h, eps, -1)
 
     def _softmin_cols(self, h: Tensor, eps: float) -> Tensor:
-        return -eps * torch.logsumexp(h.unsqueeze(-1) - self.cost / eps, dim=-2)
+        return self._softmin(h, eps, -2)
 
     def _barycenter_rows(self, h: Tensor, eps: float) -> Tensor:
-        return torch.softmax(h.unsqueeze(-2) - self.cost / eps, dim=-1) @ self._y_shifted
+        plan = self._scores(h, eps, -1)
+        exp_from_peak_(plan, -1)
+        return (plan @ self._y_shifted).div_(plan.sum(dim=-1, keepdim=True))
 
     def _barycenter_cols(self, h: Tensor, eps: float) -> Tensor:
-        return torch.softmax(h.unsqueeze(-1) - self.cost / eps, dim=-2).mT @ self.x
+        plan = self._scores(h, eps, -2)
+        exp_from_peak_(plan, -2)
+        return (plan.mT @ self.x).div_(plan.sum(dim=-2).unsqueeze(-1))
 
     def diameter(self) -> Tensor:
         return bounding_diameter(self.x, self._y_shifted)
@@ -97,8 +126,11 @@ class ChunkedCost(CostOperator):
 
     where the row term ‖r_i‖²/ε is constant along the reduction, so it is added after the
     log-sum-exp (and cancels in the softmax); the max-shift and exp then run in place on the
-    block. The squared norms are computed once per operator.
+    block. The squared norms are computed once per operator. The self problems are not
+    stacked: that would copy both clouds, more memory than the blocks themselves.
     """
+
+    stacks_self_problems = False
 
     def __init__(
         self,
@@ -131,8 +163,7 @@ class ChunkedCost(CostOperator):
         step = starts.step
         for s in starts:
             block = self._scores(col_term, rows[:, s : s + step], cols, eps)
-            peak = block.amax(dim=-1, keepdim=True)
-            block.sub_(peak).exp_()
+            peak = exp_from_peak_(block, -1)
             lse[:, s : s + step] = peak.squeeze(-1) + block.sum(dim=-1).log_()
             del block  # free it before the next baddbmm allocates: one block alive at a time
         return rows_sq - eps * lse  # −ε·(lse − ‖r_i‖²/ε)
@@ -153,7 +184,7 @@ class ChunkedCost(CostOperator):
         step = starts.step
         for s in starts:
             block = self._scores(col_term, rows[:, s : s + step], cols, eps)
-            block.sub_(block.amax(dim=-1, keepdim=True)).exp_()
+            exp_from_peak_(block, -1)
             out[:, s : s + step] = (block @ cols).div_(block.sum(dim=-1, keepdim=True))
             del block
         return out

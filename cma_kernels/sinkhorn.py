@@ -222,10 +222,11 @@ def _log_weights(a: Tensor, b: Tensor, group_id: int) -> tuple[Tensor, Tensor]:
 
 
 def _stackable(cost: CostOperator) -> bool:
-    """Stack the self problems when both clouds (every shard of them) have the same shape."""
+    """Stack the self problems when both clouds (every shard of them) have the same shape and
+    the operator allows it (:attr:`CostOperator.stacks_self_problems`)."""
     if isinstance(cost, sharded.ShardedCost):
         return cost.x_sizes == cost.y_sizes
-    return cost.x.shape == cost.y.shape
+    return cost.stacks_self_problems and cost.x.shape == cost.y.shape
 
 
 def solve(

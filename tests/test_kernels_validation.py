@@ -270,6 +270,32 @@ def test_centroid_stats_are_differentiable() -> None:
     )
 
 
+def test_centroid_stats_scan_the_clouds_only_for_a_bad_result(monkeypatch) -> None:
+    """The means are the NaN/Inf probe: clean clouds get no extra pass over their values, and a
+    bad point (even one with zero weight) is still found and named."""
+    from cma_kernels import _checks
+
+    scanned: list[tuple[str, ...]] = []
+    real = _checks.check_data
+
+    def spy(clouds, weights):
+        scanned.append(tuple(clouds))
+        return real(clouds, weights)
+
+    monkeypatch.setattr(_checks, "check_data", spy)
+    x, y = torch.randn(50, 7), torch.randn(40, 7)
+    ck.centroid_stats(x, y, backend="reference")
+    assert scanned == []
+    a = torch.full((50,), 1 / 50)
+    ck.centroid_stats(x, y, a, backend="reference")
+    assert scanned == [()]  # the weights' own checks, no cloud scan
+    x[7, 3], a[7] = float("inf"), 0.0
+    a = a / a.sum()
+    with pytest.raises(ValueError, match=r"x: contains NaN or Inf values \(in 1 of 50 rows\)"):
+        ck.centroid_stats(x, y, a, backend="reference")
+    assert scanned[-1] == ("x", "y")
+
+
 @given(st.floats(0.0, 100.0), st.floats(1e-3, 10.0), st.floats(0.05, 0.95))
 def test_epsilon_schedule(diameter: float, blur: float, scaling: float) -> None:
     eps = ck.epsilon_schedule(diameter, blur, scaling)
