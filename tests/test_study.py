@@ -247,6 +247,59 @@ def test_finished_variants_are_reused(tmp_path: Path, monkeypatch) -> None:
         ex.execute(changed, say=lambda _: None)
 
 
+def test_parallel_runs_wait_for_their_control(tmp_path: Path, monkeypatch) -> None:
+    """--jobs 2: at most two runs at a time, each run starts after its control has finished,
+    and a diverged run is reported while the others go on (threads stand in for processes)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cma.study import parallel
+    from cma.train.loop import TrainingDiverged
+
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+    live = [0, 0]  # running now, most at once
+
+    def fake_train(study: StudyConfig, v: Variant) -> dict:
+        assert study.progress is False  # workers' progress bars are off
+        with lock:
+            events.append(("start", v.name))
+            live[0] += 1
+            live[1] = max(live)
+        time.sleep(0.02)
+        with lock:
+            live[0] -= 1
+            events.append(("end", v.name))
+        if v.name == "tpc-a0.05-s1":
+            raise TrainingDiverged("too many non-finite steps")
+        return {"variant": v.name}
+
+    def pool(n: int, **_kw) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(n)
+
+    monkeypatch.setattr(parallel, "_train", fake_train)
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(parallel, "_init_worker", lambda threads: None)
+    cfg = StudyConfig(
+        output=str(tmp_path), alphas=(0.05, 0.5), constant_alphas=(0.5,), seeds=2, baselines=()
+    )
+    runs = [v for v in build_plan(cfg) if v.trains]
+    done: dict[str, str | None] = {}
+    parallel.train_parallel(cfg, runs, 2, lambda v: None, lambda v, r, e: done.update({v.name: e}))
+    assert set(done) == {v.name for v in runs} and len(runs) == 8
+    assert done["tpc-a0.05-s1"] == "too many non-finite steps"
+    assert [k for k, e in done.items() if e] == ["tpc-a0.05-s1"]
+    assert live[1] == 2
+    for v in runs:
+        if not v.is_control:
+            control = parallel.control_of(v).name
+            assert events.index(("end", control)) < events.index(("start", v.name)), v.name
+    with pytest.raises(ValueError, match="jobs"):
+        parallel.resolve_jobs(0, None)
+    assert parallel.resolve_jobs("auto", "cuda") == 1
+
+
 # ----------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_quick_study_end_to_end(tmp_path: Path, monkeypatch) -> None:
@@ -262,8 +315,11 @@ def test_quick_study_end_to_end(tmp_path: Path, monkeypatch) -> None:
         "--alphas",
         "0.5",
         "--constant-alphas",
+        "0.5",
         "--seeds",
         "1",
+        "--jobs",
+        "2",
         "--baselines",
         "centering",
         "--steps",
@@ -280,8 +336,18 @@ def test_quick_study_end_to_end(tmp_path: Path, monkeypatch) -> None:
     ]
     assert main(argv) == 0
     data = json.loads((out / "study.json").read_text())
-    assert list(data["groups"]) == ["base", "centering", "tpc-control", "tpc-a0.5"]
+    assert list(data["groups"]) == [
+        "base",
+        "centering",
+        "tpc-control",
+        "tpc-a0.5",
+        "constant-control",
+        "constant-a0.5",
+    ]
     assert data["groups"]["tpc-a0.5"]["effect"]  # against the control
+    assert data["groups"]["constant-a0.5"]["effect"]  # trained in a worker process
+    report = (out / "runs" / "tpc-a0.5-s0" / "report.md").read_text()
+    assert "control" in report  # the run found its control, trained before it
     assert data["claims"]["compromise"]["available"]
     assert data["r2"]["all"] and data["claims"]["geometric"]["gd_unchanged"]
     for name in ("study.md", "tradeoff.png", "compromise.png", "pca.png", "gap_task_scatter.png"):

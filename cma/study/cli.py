@@ -13,6 +13,7 @@ from typing import Any
 from cma.eval.baselines import BASELINES
 from cma.study.aggregate import strongest, summarize
 from cma.study.execute import StudyError, execute, pca_sets, prepare_quick_base
+from cma.study.parallel import resolve_jobs
 from cma.study.plan import (
     DEFAULT_ALPHAS,
     DEFAULT_CONSTANT_ALPHAS,
@@ -46,6 +47,16 @@ PASS_THROUGH: dict[str, tuple[str, Any]] = {
     "--device": ("device", str),
     "--cache-dir": ("cache_dir", str),
 }
+
+
+def _jobs(value: str) -> int | str:
+    """``--jobs``: a count ≥ 1 or ``auto``."""
+    if value == "auto":
+        return value
+    try:
+        return resolve_jobs(int(value), None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count ≥ 1 or 'auto', got {value!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run nothing; rebuild study.md/json from the finished variants",
     )
     g.add_argument("--quiet", action="store_true", help="only the study's progress lines")
+    g.add_argument(
+        "--jobs",
+        type=_jobs,
+        default="auto",
+        help="training runs at a time, in worker processes (auto: 2 on a CPU with ≥ 2 cores, "
+        "else 1); each gets cores/jobs torch threads",
+    )
     t = p.add_argument_group("trainer (passed to every run; default: the trainer's defaults)")
     t.add_argument("--dataset-type", choices=DATASET_TYPES, default=None)
     for flag, (_, typ) in PASS_THROUGH.items():
@@ -176,6 +194,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         progress=not args.quiet,
         pca=args.pca,
         controls=args.controls,
+        jobs=args.jobs,
     )
 
 
@@ -186,7 +205,8 @@ def run_study(study: StudyConfig, *, report_only: bool = False, command: str = "
     """
     t0 = time.perf_counter()
     prepare_quick_base(study, create=not report_only)  # --quick only; cached
-    records, failures, base = execute(study, report_only=report_only)
+    jobs = resolve_jobs(study.jobs, study.train_settings().get("device"))
+    records, failures, base = execute(study, report_only=report_only, jobs=jobs)
     groups = summarize(records)
     pca = None
     if study.pca and "base" in groups:

@@ -26,6 +26,7 @@ from cma.eval import baselines as bl
 from cma.eval.report import write_run_report
 from cma.eval.suite import evaluate_detailed
 from cma.models.pretraining import PretrainConfig
+from cma.study.parallel import train_parallel
 from cma.study.plan import (
     EVAL_KEYS,
     StudyConfig,
@@ -116,8 +117,11 @@ def _record(
 class Progress:
     """``[i/N] variant … elapsed, ETA`` lines; the ETA uses this session's measured durations."""
 
-    def __init__(self, plan: Sequence[Variant], say: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, plan: Sequence[Variant], say: Callable[[str], None] = print, workers: int = 1
+    ) -> None:
         self.plan, self.say, self.t0 = list(plan), say, time.perf_counter()
+        self.workers = workers  # training runs at a time
         self.spent: dict[bool, list[float]] = {True: [], False: []}  # trains? -> seconds
 
     @staticmethod
@@ -133,7 +137,8 @@ class Progress:
         e = sum(ev) / len(ev) if ev else (0.5 * t if t is not None else None)
         if t is None and any(v.trains for v in remaining):
             return "ETA: after the first training run"
-        total = sum((t or 0.0) if v.trains else (e or 0.0) for v in remaining)
+        trains = sum(t or 0.0 for v in remaining if v.trains) / self.workers
+        total = trains + sum(e or 0.0 for v in remaining if not v.trains)
         return f"ETA ~{self.clock(total)}"
 
     def start(self, i: int, v: Variant, what: str) -> None:
@@ -375,21 +380,53 @@ def prepare_quick_base(study: StudyConfig, *, create: bool = True) -> None:
 
 
 def execute(
-    study: StudyConfig, *, report_only: bool = False, say: Callable[[str], None] = print
+    study: StudyConfig,
+    *,
+    report_only: bool = False,
+    say: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> tuple[list[dict[str, Any]], list[str], BaseEmbeddings]:
     """Run (or reuse) every variant of the plan; returns ``(records, failures, base)``.
 
     ``report_only``: run nothing, collect the finished variants. A training run that diverges
     is reported in ``failures`` and the study goes on; an interruption propagates (the trainer's
-    ``Interrupted``), leaving a checkpoint to resume from.
+    ``Interrupted``), leaving a checkpoint to resume from. ``jobs`` > 1 trains that many runs at
+    a time in worker processes (:mod:`cma.study.parallel`); the records keep the plan's order.
     """
     plan = build_plan(study)
-    progress = Progress(plan, say)
+    progress = Progress(plan, say, workers=jobs)
     base = BaseEmbeddings(train_config(study, Variant("base", 0)))
     records: list[dict[str, Any]] = []
     base_records: dict[int, dict[str, Any]] = {}
     failures: list[str] = []
+    trained: dict[str, dict[str, Any]] = {}
+    diverged: set[str] = set()
+    if jobs > 1 and not report_only:
+        todo = [v for v in plan if v.trains and not (study.run_dir(v) / "metrics.json").is_file()]
+        started: dict[str, float] = {}
+
+        def on_start(v: Variant) -> None:
+            progress.start(plan.index(v), v, "training")
+            started[v.name] = time.perf_counter()
+
+        def on_done(v: Variant, rec: dict[str, Any] | None, error: str | None) -> None:
+            seconds = time.perf_counter() - started[v.name]
+            if rec is None:
+                failures.append(f"{v.name}: {error}")
+                diverged.add(v.name)
+                say(f"  {v.name} diverged: {error}")
+                return
+            progress.done(v, seconds)
+            say(f"  {v.name} done in {progress.clock(seconds)}")
+            trained[v.name] = rec
+
+        train_parallel(study, todo, jobs, on_start, on_done)
     for i, v in enumerate(plan):
+        if v.name in diverged:
+            continue
+        if v.name in trained:
+            records.append(trained[v.name])
+            continue
         done = (study.run_dir(v) / "metrics.json").is_file()
         if report_only and not done:
             say(f"[study {i + 1}/{len(plan)}] {v.name}: not done, left out")

@@ -154,6 +154,7 @@ class StudyConfig:
     progress: bool = True
     pca: bool = True
     controls: bool = True  # the α = 0 control of each schedule and seed that has runs
+    jobs: int | str = 1  # training runs at a time ("auto": cma.study.parallel.resolve_jobs)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
