@@ -217,14 +217,26 @@ def run_study(study: StudyConfig, *, report_only: bool = False, command: str = "
         pca = pca_sets(study, groups, base, strongest(groups))
     wall = time.perf_counter() - t0
     previous = study.root / "study.json"
+    elapsed = None
     if report_only and previous.is_file():  # keep the command (and time) that made the results
         try:
             old = json.loads(previous.read_text())
             command = old.get("command") or command
             wall = old.get("timing", {}).get("wall_seconds_this_call") or wall
+            t = old.get("claims", {}).get("time", {})
+            if "elapsed_seconds" in t:
+                elapsed = {"seconds": t["elapsed_seconds"], "basis": t.get("basis", "")}
         except (OSError, json.JSONDecodeError, AttributeError):
             pass
-    summary = build_summary(study, records, command=command, wall_seconds=wall, failures=failures)
+    summary = build_summary(
+        study,
+        records,
+        command=command,
+        wall_seconds=wall,
+        failures=failures,
+        jobs=jobs,
+        elapsed=elapsed,
+    )
     paths = write_outputs(study.root, summary, pca)
     print(f"\n[study] wrote {', '.join(str(p) for p in paths.values())}", flush=True)
     return summary

@@ -69,12 +69,35 @@ def build_summary(
     command: str = "",
     wall_seconds: float = math.nan,
     failures: Sequence[str] = (),
+    jobs: int = 1,
+    elapsed: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The study.json content from finished variant records."""
+    """The study.json content from finished variant records.
+
+    The study's time (target ≤ 60 min) is the wall-clock of this call when it ran every
+    variant itself; when it reused some, the estimate Σ training time / ``jobs`` + Σ evaluation
+    time; ``elapsed`` (``{"seconds", "basis"}``) keeps an earlier call's figure (--report-only).
+    """
     groups = summarize(records)
     r2 = r2_tables(groups) if groups else {"all": [], "trained": []}
     settings = study.train_settings()
     compute = math.fsum(float(r.get("seconds") or 0.0) for r in records)
+    if elapsed is None:
+        if records and not any(r.get("reused") for r in records) and math.isfinite(wall_seconds):
+            elapsed = {
+                "seconds": wall_seconds,
+                "basis": f"wall-clock, {jobs} training run(s) at a time",
+            }
+        else:
+            train = math.fsum(
+                float(r.get("seconds") or 0.0)
+                for r in records
+                if r.get("kind") in ("tpc", "constant")
+            )
+            elapsed = {
+                "seconds": train / jobs + (compute - train),
+                "basis": f"estimated: training time / {jobs} + evaluation time (variants reused)",
+            }
     return {
         "study_version": STUDY_VERSION,
         "command": command,
@@ -92,8 +115,10 @@ def build_summary(
             "r2_trained": r2_claim(r2["trained"]) if r2["trained"] else None,
             "time": {
                 "compute_seconds": compute,
+                "elapsed_seconds": float(elapsed["seconds"]),
+                "basis": str(elapsed["basis"]),
                 "target_seconds": TIME_TARGET_S,
-                "holds": compute <= TIME_TARGET_S,
+                "holds": float(elapsed["seconds"]) <= TIME_TARGET_S,
             },
         },
         "paper": paper_comparison(groups, r2["all"]),
@@ -325,8 +350,10 @@ def claims_markdown(summary: Mapping[str, Any]) -> list[str]:
     t = claims["time"]
     md.append(
         f"3. **The whole study takes ≤ 60 minutes here** — {_verdict(t['holds'])}: "
-        f"{t['compute_seconds'] / 60:.1f} min of variant time (training runs with their "
-        f"before/after evaluations, plus the evaluations done by the study)."
+        f"{t.get('elapsed_seconds', t['compute_seconds']) / 60:.1f} min "
+        f"({t.get('basis', 'variant time')}); {t['compute_seconds'] / 60:.1f} min of variant time "
+        f"in all (training runs with their before/after evaluations, plus the evaluations done "
+        f"by the study)."
     )
     md.append(f"4. {compromise_markdown(claims.get('compromise') or {})}")
     return md
