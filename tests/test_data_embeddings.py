@@ -33,7 +33,8 @@ def test_paired_uses_first_caption_of_each_image() -> None:
     assert x.shape == y.shape == (4, 8)
     assert torch.equal(y, es.text[:4])
     shuffled = es.replace(
-        text=es.text.flip(0), text_to_image=es.text_to_image.flip(0),
+        text=es.text.flip(0),
+        text_to_image=es.text_to_image.flip(0),
         captions=es.captions[::-1],
     )
     assert torch.equal(shuffled.paired()[1][0], es.text[4])  # image 0: caption 4 comes first now
@@ -79,8 +80,10 @@ def test_npz_round_trip(tmp_path: Path) -> None:
 def test_numpy_inputs_are_accepted() -> None:
     es = _set()
     again = EmbeddingSet(
-        image=es.image.double().numpy(), text=es.text.numpy(),
-        text_to_image=es.text_to_image.numpy().astype(np.int32), captions=es.captions,
+        image=es.image.double().numpy(),
+        text=es.text.numpy(),
+        text_to_image=es.text_to_image.numpy().astype(np.int32),
+        captions=es.captions,
     )
     assert again.image.dtype == torch.float32 and again.text_to_image.dtype == torch.long
 
@@ -97,8 +100,13 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="lacks"):
         EmbeddingSet.load_npz(partial)
     mismatched = tmp_path / "mismatch.npz"
-    np.savez(mismatched, image=np.zeros((2, 3), np.float32), text=np.zeros((2, 4), np.float32),
-             text_to_image=np.arange(2), captions=np.array(["a", "b"]))
+    np.savez(
+        mismatched,
+        image=np.zeros((2, 3), np.float32),
+        text=np.zeros((2, 4), np.float32),
+        text_to_image=np.arange(2),
+        captions=np.array(["a", "b"]),
+    )
     with pytest.raises(ValueError, match=r"mismatch\.npz.*text"):
         EmbeddingSet.load_npz(mismatched)
     truncated = tmp_path / "truncated.npz"

@@ -59,16 +59,19 @@ def _write_csv(root: Path, rows: list[str], name: str = "data.csv") -> Path:
 
 
 def test_csv_reads_rows_groups_captions_and_skips_broken_ones(images: Path) -> None:
-    path = _write_csv(images, [
-        "filepath\ttitle",
-        "img/0.png\ta red square",
-        "img/0.png\ta crimson block",   # second caption of the same image
-        "img/1.png\ta green square",
-        "img/2.png\t   ",              # empty caption -> skipped
-        "img/missing.png\tno file",     # missing image -> skipped
-        "img/broken.png\tbroken file",  # unreadable image -> skipped
-        "img/3.png",                    # malformed row (no caption column) -> skipped
-    ])
+    path = _write_csv(
+        images,
+        [
+            "filepath\ttitle",
+            "img/0.png\ta red square",
+            "img/0.png\ta crimson block",  # second caption of the same image
+            "img/1.png\ta green square",
+            "img/2.png\t   ",  # empty caption -> skipped
+            "img/missing.png\tno file",  # missing image -> skipped
+            "img/broken.png\tbroken file",  # unreadable image -> skipped
+            "img/3.png",  # malformed row (no caption column) -> skipped
+        ],
+    )
     with pytest.warns(UserWarning, match="skipped 4"):
         ds = CsvCaptions(path)
     assert len(ds) == 2
@@ -76,8 +79,12 @@ def test_csv_reads_rows_groups_captions_and_skips_broken_ones(images: Path) -> N
     image, caption, label = ds[0]
     assert image.mode == "RGB" and image.getpixel((0, 0)) == COLOURS[0]
     assert caption == "a red square" and label == -1 and ds.classnames is None
-    assert ds.skipped == {"empty caption": 1, "missing image": 1, "unreadable image": 1,
-                          "malformed row": 1}
+    assert ds.skipped == {
+        "empty caption": 1,
+        "missing image": 1,
+        "unreadable image": 1,
+        "malformed row": 1,
+    }
     # a DataLoader with workers meets only valid files
     loader = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=lambda b: b)
     assert [len(b) for b in loader] == [2]
@@ -86,10 +93,15 @@ def test_csv_reads_rows_groups_captions_and_skips_broken_ones(images: Path) -> N
 
 
 def test_csv_options_labels_and_separator_hint(images: Path) -> None:
-    path = _write_csv(images, [
-        "image,text,cls", "img/0.png,a red one,red", "img/1.png,a green one,green",
-        "img/2.png,a blue one,blue",
-    ])
+    path = _write_csv(
+        images,
+        [
+            "image,text,cls",
+            "img/0.png,a red one,red",
+            "img/1.png,a green one,green",
+            "img/2.png,a blue one,blue",
+        ],
+    )
     ds = load_dataset("csv", path, sep=",", img_key="image", caption_key="text", label_key="cls")
     assert ds.classnames == ["blue", "green", "red"]
     assert [ds[i][2] for i in range(3)] == [2, 1, 0]
@@ -121,8 +133,10 @@ def test_coco_official_json_several_captions_per_image(tmp_path: Path) -> None:
         + [{"id": 99, "file_name": "lonely.jpg"}],
         "annotations": [
             {"image_id": 10 + i, "id": 100 + 5 * i + k, "caption": f"image {i} caption {k}"}
-            for i in range(3) for k in range(5)
-        ] + [{"image_id": 11, "id": 1, "caption": ""}],
+            for i in range(3)
+            for k in range(5)
+        ]
+        + [{"image_id": 11, "id": 1, "caption": ""}],
     }
     (tmp_path / "annotations").mkdir()
     path = tmp_path / "annotations" / "captions_val2017.json"
@@ -142,11 +156,18 @@ def test_coco_karpathy_splits(tmp_path: Path) -> None:
     splits = ["train", "restval", "val", "test", "test"]
     for i in range(5):
         _png(tmp_path / "val2014" / f"im{i}.jpg", COLOURS[i % 4])
-    data = {"images": [
-        {"filepath": "val2014", "filename": f"im{i}.jpg", "split": s, "cocoid": i,
-         "sentences": [{"raw": f"im {i} says {k}", "tokens": []} for k in range(5)]}
-        for i, s in enumerate(splits)
-    ]}
+    data = {
+        "images": [
+            {
+                "filepath": "val2014",
+                "filename": f"im{i}.jpg",
+                "split": s,
+                "cocoid": i,
+                "sentences": [{"raw": f"im {i} says {k}", "tokens": []} for k in range(5)],
+            }
+            for i, s in enumerate(splits)
+        ]
+    }
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(data))
     assert len(CocoCaptions(path, split="train")) == 2
@@ -193,12 +214,23 @@ def test_webdataset_shards_skip_bad_samples(tmp_path: Path) -> None:
         with wds.TarWriter(str(tmp_path / f"shard-{shard:06d}.tar")) as sink:
             for k in range(3):
                 i = 3 * shard + k
-                sink.write({"__key__": f"s{i:04d}", "png": _png_bytes(COLOURS[i % 4]),
-                            "txt": f"caption {i}\nsecond caption {i}", "cls": str(i % 2)})
+                sink.write(
+                    {
+                        "__key__": f"s{i:04d}",
+                        "png": _png_bytes(COLOURS[i % 4]),
+                        "txt": f"caption {i}\nsecond caption {i}",
+                        "cls": str(i % 2),
+                    }
+                )
             sink.write({"__key__": "nocap", "png": _png_bytes(COLOURS[0])})
             sink.write({"__key__": "badimg", "png": b"garbage", "txt": "x"})
-            sink.write({"__key__": "json", "jpg": _png_bytes(COLOURS[1]),
-                        "json": json.dumps({"captions": ["from json"], "label": 1})})
+            sink.write(
+                {
+                    "__key__": "json",
+                    "jpg": _png_bytes(COLOURS[1]),
+                    "json": json.dumps({"captions": ["from json"], "label": 1}),
+                }
+            )
     ds = load_dataset("webdataset", str(tmp_path / "shard-{000000..000001}.tar"))
     with pytest.warns(UserWarning, match="skipped 4"):
         records = list(iter_records(ds))

@@ -142,8 +142,9 @@ def _caption_toy(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
 
 def test_captioner_learns_toy_captions_deterministically_and_beam1_is_greedy():
     emb, caps = _caption_toy(1000, seed=0)
-    cfg = CaptionConfig(hidden=48, epochs=6, batch_size=50, lr=1e-2, max_len=6, beam_size=1,
-                        dropout=0.0)
+    cfg = CaptionConfig(
+        hidden=48, epochs=6, batch_size=50, lr=1e-2, max_len=6, beam_size=1, dropout=0.0
+    )
     cap = train_captioner(emb, caps, cfg)
     test_emb, test_caps = _caption_toy(40, seed=1)
     greedy = cap.generate(test_emb, method="greedy")
@@ -178,8 +179,10 @@ def test_linear_fit_and_gap_task_r2():
     assert (slope, intercept, r2) == pytest.approx((2.0, 1.0, 1.0))
     g, t = [0.1, 0.4, 0.3, 0.9], [0.8, 0.5, 0.7, 0.2]
     assert linear_fit(g, t)[2] == pytest.approx(np.corrcoef(g, t)[0, 1] ** 2)
-    variants = {f"v{i}": {"gap_total": a, "gap_raw": 1.0, "ari": b} for i, (a, b) in
-                enumerate(zip(g, t, strict=True))}
+    variants = {
+        f"v{i}": {"gap_total": a, "gap_raw": 1.0, "ari": b}
+        for i, (a, b) in enumerate(zip(g, t, strict=True))
+    }
     rows = {(r["gap"], r["task"]): r for r in gap_task_r2(variants)}
     assert rows[("gap_total", "ari")]["r2"] == pytest.approx(linear_fit(g, t)[2])
     assert math.isnan(rows[("gap_raw", "ari")]["r2"])  # a constant gap explains nothing
@@ -188,13 +191,27 @@ def test_linear_fit_and_gap_task_r2():
 
 
 def test_format_table_and_run_report(tmp_path):
-    before = {"gap_total": 0.8, "gap_raw": 1.1, "gap_centroid": 0.6, "gap_distribution": 0.5,
-              "zeroshot_top1": 0.9, "ari": 0.4, "ari_std": 0.01, "cider": 1.5}
+    before = {
+        "gap_total": 0.8,
+        "gap_raw": 1.1,
+        "gap_centroid": 0.6,
+        "gap_distribution": 0.5,
+        "zeroshot_top1": 0.9,
+        "ari": 0.4,
+        "ari_std": 0.01,
+        "cider": 1.5,
+    }
     after = {**before, "gap_total": 0.3, "zeroshot_top1": 0.88}
     plain = format_table({"before": before, "after": after}, markdown=False)
     assert "gap_total" in plain and "-0.5000" in plain and "|" not in plain
-    run = {"backend": "reference", "alpha_target": 0.5, "schedule": "tpc",
-           "before": before, "after": after, "seconds": 12.0}
+    run = {
+        "backend": "reference",
+        "alpha_target": 0.5,
+        "schedule": "tpc",
+        "before": before,
+        "after": after,
+        "seconds": 12.0,
+    }
     paths = write_run_report(tmp_path, run)
     import json
 

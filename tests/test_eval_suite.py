@@ -15,8 +15,9 @@ from cma.gaps import gap_report
 
 SHAPES = ["circle", "square", "star", "heart", "ring"]
 COLOURS = ["red", "blue", "green"]
-TINY = CaptionConfig(hidden=32, epochs=8, batch_size=32, max_captions=600, max_len=6, lr=1e-2,
-                     dropout=0.0)
+TINY = CaptionConfig(
+    hidden=32, epochs=8, batch_size=32, max_captions=600, max_len=6, lr=1e-2, dropout=0.0
+)
 
 
 def _world(n: int, offset: float, seed: int, caps_per: int = 2) -> EmbeddingSet:
@@ -36,7 +37,10 @@ def _world(n: int, offset: float, seed: int, caps_per: int = 2) -> EmbeddingSet:
     return EmbeddingSet(
         image=torch.nn.functional.normalize(image, dim=1),
         text=torch.nn.functional.normalize(text, dim=1),
-        text_to_image=t2i, captions=captions, labels=labels, classnames=SHAPES,
+        text_to_image=t2i,
+        captions=captions,
+        labels=labels,
+        classnames=SHAPES,
         class_text=torch.nn.functional.normalize(centres - offset * u, dim=1),
     )
 
@@ -99,9 +103,22 @@ def test_cli_on_npz_with_baselines(tmp_path):
     _world(300, 0.5, 0).save_npz(tmp_path / "train.npz")
     _world(100, 0.5, 1).save_npz(tmp_path / "test.npz")
     out = tmp_path / "out"
-    code = main(["--embeddings", str(tmp_path / "test.npz"), "--train-embeddings",
-                 str(tmp_path / "train.npz"), "--baselines", "--decoder-epochs", "1",
-                 "--decoder-captions", "300", "--output", str(out), "--quiet"])
+    code = main(
+        [
+            "--embeddings",
+            str(tmp_path / "test.npz"),
+            "--train-embeddings",
+            str(tmp_path / "train.npz"),
+            "--baselines",
+            "--decoder-epochs",
+            "1",
+            "--decoder-captions",
+            "300",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(data)
@@ -126,8 +143,9 @@ def test_caption_pairs_and_the_paraphrase_floor():
     t1, t2 = es.caption_pairs()
     torch.testing.assert_close(t1, es.text[0::3])
     torch.testing.assert_close(t2, es.text[1::3])
-    shuffled = es.replace(text=es.text.flip(0), text_to_image=es.text_to_image.flip(0),
-                          captions=es.captions[::-1])
+    shuffled = es.replace(
+        text=es.text.flip(0), text_to_image=es.text_to_image.flip(0), captions=es.captions[::-1]
+    )
     s1, s2 = shuffled.caption_pairs()  # order within an image follows the text order
     torch.testing.assert_close(s1, es.text[2::3])
     torch.testing.assert_close(s2, es.text[1::3])
@@ -136,8 +154,9 @@ def test_caption_pairs_and_the_paraphrase_floor():
     # paraphrases differ only by 0.05 noise: far below the offset image–text gap
     assert 0.0 < got["gap_paraphrase"] < 0.25 * got["gap_total"]
     single = _world(100, 0.8, 1, caps_per=1)
-    assert "gap_paraphrase" not in evaluate(_world(300, 0.8, 0), single, captioning=False,
-                                            progress=False)
+    assert "gap_paraphrase" not in evaluate(
+        _world(300, 0.8, 0), single, captioning=False, progress=False
+    )
 
 
 def test_protocol_names_what_cached_results_depend_on(monkeypatch):

@@ -20,8 +20,14 @@ from cma.models import (
 )
 
 TINY = PretrainConfig(
-    arch="cma-micro", world_size=64, image_size=32, steps=60, batch_size=64, lr=5e-3,
-    warmup_steps=10, init_logit_scale=math.log(1 / 0.07),
+    arch="cma-micro",
+    world_size=64,
+    image_size=32,
+    steps=60,
+    batch_size=64,
+    lr=5e-3,
+    warmup_steps=10,
+    init_logit_scale=math.log(1 / 0.07),
 )
 
 
@@ -46,8 +52,13 @@ def test_pretraining_lowers_the_contrastive_loss(trained: tuple) -> None:
 
 def test_config_key_changes_with_any_field() -> None:
     assert TINY.key() == PretrainConfig(**vars(TINY)).key()
-    keys = {TINY.key(), PretrainConfig().key(), PretrainConfig(steps=601).key(),
-            PretrainConfig(world_seed=1).key(), PretrainConfig(arch="cma-micro").key()}
+    keys = {
+        TINY.key(),
+        PretrainConfig().key(),
+        PretrainConfig(steps=601).key(),
+        PretrainConfig(world_seed=1).key(),
+        PretrainConfig(arch="cma-micro").key(),
+    }
     assert len(keys) == 5
 
 
@@ -69,8 +80,10 @@ def test_base_model_is_trained_once_then_loaded(
     assert len(calls) == 1  # reused, not retrained
     for a, b in zip(model.state_dict().values(), trained[0].state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    assert all(torch.equal(a, b) for a, b in zip(
-        model.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     monkeypatch.setenv("CMA_CACHE", str(tmp_path))
     assert base_model_path(TINY) == path
 
@@ -79,8 +92,16 @@ def test_embed_dataset_shapes_norms_and_cache(trained: tuple, tmp_path: Path) ->
     model = trained[0]
     _, preprocess, tokenizer = pretrain_mod.create_model("cma-micro")
     world = EmbeddedWorld("test", size=24, image_size=32)
-    es = embed_dataset(model, preprocess, tokenizer, world, batch_size=10, progress=False,
-                       cache_dir=tmp_path, cache_key="auto")
+    es = embed_dataset(
+        model,
+        preprocess,
+        tokenizer,
+        world,
+        batch_size=10,
+        progress=False,
+        cache_dir=tmp_path,
+        cache_key="auto",
+    )
     n = len(world)
     m = sum(len(world.captions_of(i)) for i in range(n))
     assert es.image.shape == (n, 32) and es.text.shape == (m, 32) and m >= 3 * n
@@ -103,6 +124,7 @@ def test_embed_dataset_shapes_norms_and_cache(trained: tuple, tmp_path: Path) ->
     assert len(files) == 1
     cached = EmbeddingSet.load_npz(files[0])
     assert torch.equal(cached.image, es.image)
-    again = embed_dataset(model, preprocess, tokenizer, world, progress=False,
-                          cache_dir=tmp_path, cache_key="auto")
+    again = embed_dataset(
+        model, preprocess, tokenizer, world, progress=False, cache_dir=tmp_path, cache_key="auto"
+    )
     assert torch.equal(again.text, es.text)

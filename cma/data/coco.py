@@ -31,7 +31,8 @@ KARPATHY_SPLITS = {"train": ("train", "restval"), "val": ("val",), "test": ("tes
 def _find_json(folder: Path, split: str) -> Path:
     candidates = [folder / "dataset_coco.json"] + [
         folder / sub / f"captions_{split}{year}.json"
-        for year in (2017, 2014) for sub in ("annotations", ".")
+        for year in (2017, 2014)
+        for sub in ("annotations", ".")
     ]
     for c in candidates:
         if c.is_file():
@@ -89,7 +90,10 @@ class CocoCaptions(FileCaptionDataset):
                 "format ('sentences' in images)"
             )
         super().__init__(
-            records, source=f"COCO {path.name}", verify=verify, on_error=on_error,
+            records,
+            source=f"COCO {path.name}",
+            verify=verify,
+            on_error=on_error,
             skipped=skipped,
         )
 

@@ -181,8 +181,10 @@ class EmbeddingSet:
             raise ValueError(f"{path} has unexpected arrays {unknown}")
         try:
             return cls(
-                **{k: (v.tolist() if k in ("captions", "classnames") else torch.from_numpy(v))
-                   for k, v in data.items()}
+                **{
+                    k: (v.tolist() if k in ("captions", "classnames") else torch.from_numpy(v))
+                    for k, v in data.items()
+                }
             )
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e

@@ -32,7 +32,12 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 __all__ = [
-    "BACKGROUNDS", "COLORS", "SHAPES", "SIZES", "WORLD_VERSION", "ZEROSHOT_TEMPLATES",
+    "BACKGROUNDS",
+    "COLORS",
+    "SHAPES",
+    "SIZES",
+    "WORLD_VERSION",
+    "ZEROSHOT_TEMPLATES",
     "EmbeddedWorld",
 ]
 
@@ -43,8 +48,16 @@ SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 20000, "val": 1000, "test": 1000}
 
 SHAPES = [
-    "circle", "square", "triangle", "star", "cross",
-    "heart", "arrow", "diamond", "ring", "crescent",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "heart",
+    "arrow",
+    "diamond",
+    "ring",
+    "crescent",
 ]
 SHAPE_SYNONYMS = {
     "circle": ["disc", "round disk"],
@@ -59,13 +72,23 @@ SHAPE_SYNONYMS = {
     "crescent": ["crescent moon"],
 }
 COLORS = {
-    "red": (220, 40, 40), "orange": (245, 140, 20), "yellow": (240, 220, 40),
-    "green": (40, 185, 60), "blue": (40, 90, 235), "purple": (150, 60, 205),
-    "pink": (250, 125, 195), "white": (245, 245, 245),
+    "red": (220, 40, 40),
+    "orange": (245, 140, 20),
+    "yellow": (240, 220, 40),
+    "green": (40, 185, 60),
+    "blue": (40, 90, 235),
+    "purple": (150, 60, 205),
+    "pink": (250, 125, 195),
+    "white": (245, 245, 245),
 }
 COLOR_SYNONYMS = {
-    "red": ["scarlet", "crimson"], "orange": ["tangerine"], "yellow": ["golden"],
-    "green": ["emerald"], "blue": ["azure"], "purple": ["violet"], "pink": ["rose"],
+    "red": ["scarlet", "crimson"],
+    "orange": ["tangerine"],
+    "yellow": ["golden"],
+    "green": ["emerald"],
+    "blue": ["azure"],
+    "purple": ["violet"],
+    "pink": ["rose"],
     "white": ["snow-white"],
 }
 SIZES = ["small", "medium", "large"]
@@ -141,6 +164,7 @@ def _pick(rng: random.Random, canonical: str, synonyms: list[str], p: float) -> 
 
 def _polygon(shape: str) -> np.ndarray:
     """Unit-radius outline of a polygonal shape, shape (V, 2), y pointing down."""
+
     def ngon(n: int, r: float = 1.0, start: float = -np.pi / 2) -> np.ndarray:
         a = start + 2 * np.pi * np.arange(n) / n
         return np.stack([r * np.cos(a), r * np.sin(a)], 1)
@@ -150,8 +174,18 @@ def _polygon(shape: str) -> np.ndarray:
     if shape == "triangle":
         return ngon(3) * np.array([1.05, 1.0]) + np.array([0.0, 0.2])
     if shape == "arrow":
-        return np.array([[0, -1], [0.95, -0.05], [0.36, -0.05], [0.36, 1], [-0.36, 1],
-                         [-0.36, -0.05], [-0.95, -0.05]], float)
+        return np.array(
+            [
+                [0, -1],
+                [0.95, -0.05],
+                [0.36, -0.05],
+                [0.36, 1],
+                [-0.36, 1],
+                [-0.36, -0.05],
+                [-0.95, -0.05],
+            ],
+            float,
+        )
     if shape == "diamond":
         return np.array([[0, -1], [0.58, 0], [0, 1], [-0.58, 0]], float)
     if shape == "star":
@@ -159,8 +193,23 @@ def _polygon(shape: str) -> np.ndarray:
         return np.stack([outer, inner], 1).reshape(-1, 2)
     if shape == "cross":
         a, b = 0.32, 1.0
-        return np.array([[-a, -b], [a, -b], [a, -a], [b, -a], [b, a], [a, a], [a, b], [-a, b],
-                         [-a, a], [-b, a], [-b, -a], [-a, -a]], float)
+        return np.array(
+            [
+                [-a, -b],
+                [a, -b],
+                [a, -a],
+                [b, -a],
+                [b, a],
+                [a, a],
+                [a, b],
+                [-a, b],
+                [-a, a],
+                [-b, a],
+                [-b, -a],
+                [-a, -a],
+            ],
+            float,
+        )
     if shape == "heart":
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         x = 16 * np.sin(t) ** 3
@@ -206,9 +255,18 @@ def _sample_item(rng: random.Random, label: int) -> _Item:
 
     cx, cy = coord(hi), coord(vi)
     return _Item(
-        label=label, color=color, rgb=rgb, size=size, radius=radius,
-        v=VERTICAL[vi], h=HORIZONTAL[hi], cx=cx, cy=cy, angle=rng.uniform(-15, 15),
-        background=rng.choice(BACKGROUNDS), bg_params=tuple(rng.random() for _ in range(5)),
+        label=label,
+        color=color,
+        rgb=rgb,
+        size=size,
+        radius=radius,
+        v=VERTICAL[vi],
+        h=HORIZONTAL[hi],
+        cx=cx,
+        cy=cy,
+        angle=rng.uniform(-15, 15),
+        background=rng.choice(BACKGROUNDS),
+        bg_params=tuple(rng.random() for _ in range(5)),
         noise_seed=rng.getrandbits(31),
     )
 
@@ -341,8 +399,14 @@ class EmbeddedWorld(Dataset):
     @property
     def config(self) -> dict:
         """JSON-able description of this data (for cache keys)."""
-        return {"kind": "embedded", "version": WORLD_VERSION, "split": self.split,
-                "size": self.size, "seed": self.seed, "image_size": self.image_size}
+        return {
+            "kind": "embedded",
+            "version": WORLD_VERSION,
+            "split": self.split,
+            "size": self.size,
+            "seed": self.seed,
+            "image_size": self.image_size,
+        }
 
     def __len__(self) -> int:
         return self.size
@@ -380,5 +444,10 @@ class EmbeddedWorld(Dataset):
     def attributes_of(self, i: int) -> dict[str, str]:
         """The five attributes of image ``i`` (canonical words)."""
         it = self._items[self._check_index(i)]
-        return {"shape": SHAPES[it.label], "color": it.color, "size": it.size,
-                "position": f"{it.v} {it.h}", "background": it.background}
+        return {
+            "shape": SHAPES[it.label],
+            "color": it.color,
+            "size": it.size,
+            "position": f"{it.v} {it.h}",
+            "background": it.background,
+        }

@@ -24,8 +24,10 @@ def linear_fit(g: Sequence[float], t: Sequence[float]) -> tuple[float, float, fl
     """
     g_arr, t_arr = np.asarray(g, dtype=float), np.asarray(t, dtype=float)
     if g_arr.shape != t_arr.shape or g_arr.ndim != 1 or g_arr.size < 2:
-        raise ValueError(f"need two equal-length 1-D sequences of >= 2 values, got {g_arr.shape} "
-                         f"and {t_arr.shape}")
+        raise ValueError(
+            f"need two equal-length 1-D sequences of >= 2 values, got {g_arr.shape} "
+            f"and {t_arr.shape}"
+        )
     gc, tc = g_arr - g_arr.mean(), t_arr - t_arr.mean()
     sgg, stt = float(gc @ gc), float(tc @ tc)
     if sgg == 0 or stt == 0:
@@ -57,8 +59,16 @@ def gap_task_r2(
             xs = [float(m[g]) for m in variants.values()]
             ys = [float(m[t]) for m in variants.values()]
             slope, intercept, r2 = linear_fit(xs, ys)
-            rows.append({"gap": g, "task": t, "r2": r2, "slope": slope, "intercept": intercept,
-                         "n": len(xs)})
+            rows.append(
+                {
+                    "gap": g,
+                    "task": t,
+                    "r2": r2,
+                    "slope": slope,
+                    "intercept": intercept,
+                    "n": len(xs),
+                }
+            )
     return rows
 
 
@@ -70,8 +80,9 @@ def r2_matrix_markdown(rows: Sequence[Mapping[str, float | str | int]]) -> str:
     lines = ["| R² | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for g in gaps:
         vals = [cell.get((g, t), math.nan) for t in tasks]
-        lines.append(f"| {g} | " + " | ".join("—" if math.isnan(v) else f"{v:.3f}" for v in vals)
-                     + " |")
+        lines.append(
+            f"| {g} | " + " | ".join("—" if math.isnan(v) else f"{v:.3f}" for v in vals) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +101,9 @@ def plot_gap_task_scatter(
     tasks = [t for t in tasks if all(t in m for m in variants.values())]
     if not gaps or not tasks:
         raise ValueError("no gap/task metric is present in every variant")
-    fig, axes = plt.subplots(len(tasks), len(gaps), figsize=(3.6 * len(gaps), 2.9 * len(tasks)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(tasks), len(gaps), figsize=(3.6 * len(gaps), 2.9 * len(tasks)), squeeze=False
+    )
     names = list(variants)
     colors = plt.get_cmap("tab10")
     for r, t in enumerate(tasks):

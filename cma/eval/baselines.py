@@ -67,8 +67,9 @@ def apply(
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose one of {BASELINES}")
     if train.image.shape[1] != test.image.shape[1]:
-        raise ValueError(f"train and test dimensions differ: {train.image.shape[1]} != "
-                         f"{test.image.shape[1]}")
+        raise ValueError(
+            f"train and test dimensions differ: {train.image.shape[1]} != {test.image.shape[1]}"
+        )
     mu_x, mu_y = train.image.float().mean(0), train.text.float().mean(0)
     if name == "centroid_shift":
         half = 0.5 * shift * (mu_y - mu_x)

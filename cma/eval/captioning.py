@@ -69,8 +69,18 @@ class CaptionConfig:
     def __post_init__(self) -> None:
         if self.decode not in ("greedy", "beam"):
             raise ValueError(f"decode must be 'greedy' or 'beam', got {self.decode!r}")
-        for name in ("max_captions", "max_len", "min_count", "hidden", "prefix_len", "layers",
-                     "epochs", "batch_size", "beam_size", "threads"):
+        for name in (
+            "max_captions",
+            "max_len",
+            "min_count",
+            "hidden",
+            "prefix_len",
+            "layers",
+            "epochs",
+            "batch_size",
+            "beam_size",
+            "threads",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.noise_std < 0 or not 0 <= self.dropout < 1 or self.lr <= 0:
@@ -133,8 +143,13 @@ class CaptionDecoder(nn.Module):
         self.mapper = nn.Sequential(nn.Linear(dim, h), nn.GELU(), nn.Linear(h, p * h))
         self.init = nn.Linear(dim, cfg.layers * h)  # the GRU's initial state
         self.embed = nn.Embedding(vocab_size, h, padding_idx=PAD)
-        self.gru = nn.GRU(h, h, num_layers=cfg.layers, batch_first=True,
-                          dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.gru = nn.GRU(
+            h,
+            h,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(h, vocab_size)
 
@@ -153,8 +168,9 @@ class CaptionDecoder(nn.Module):
     def start(self, emb: Tensor) -> tuple[Tensor, Tensor]:
         """Log-probabilities of the first word (B, V) and the GRU state after prefix + <bos>."""
         bos = self.embed(torch.full((emb.shape[0], 1), BOS, dtype=torch.long))
-        out, state = self.gru(torch.cat([self._prefix(emb), bos], dim=1),
-                              self._state(emb).contiguous())
+        out, state = self.gru(
+            torch.cat([self._prefix(emb), bos], dim=1), self._state(emb).contiguous()
+        )
         return functional.log_softmax(self.head(out[:, -1]), dim=-1), state
 
     def step(self, tokens: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
@@ -284,8 +300,11 @@ def train_captioner(
                 total, count = total + loss.item() * len(idx), count + len(idx)
             losses.append(total / count)
             if progress:
-                print(f"  decoder epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.3f} "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                print(
+                    f"  decoder epoch {epoch + 1}/{cfg.epochs}: loss {losses[-1]:.3f} "
+                    f"({time.perf_counter() - t0:.0f}s)",
+                    flush=True,
+                )
     decoder.eval()
     return Captioner(decoder, vocab, cfg, time.perf_counter() - t0, losses)
 

@@ -31,13 +31,18 @@ def _l2n(t: Tensor) -> Tensor:
 
 @torch.no_grad()
 def encode_texts(
-    model: nn.Module, tokenizer: Callable, texts: Sequence[str], *, batch_size: int = 256,
-    device: str | torch.device = "cpu", progress: bool = False,
+    model: nn.Module,
+    tokenizer: Callable,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
 ) -> Tensor:
     """Normalised text embeddings (len(texts), d), float32 on the CPU."""
     starts = range(0, len(texts), batch_size)
     out = [
-        _l2n(model.encode_text(tokenizer(list(texts[i:i + batch_size])).to(device))).cpu()
+        _l2n(model.encode_text(tokenizer(list(texts[i : i + batch_size])).to(device))).cpu()
         for i in tqdm(starts, disable=not progress, desc="embed captions", unit="batch")
     ]
     return torch.cat(out) if out else torch.empty(0, 0)
@@ -45,8 +50,12 @@ def encode_texts(
 
 @torch.no_grad()
 def class_embeddings(
-    model: nn.Module, tokenizer: Callable, classnames: Sequence[str], templates: Sequence[str],
-    *, device: str | torch.device = "cpu",
+    model: nn.Module,
+    tokenizer: Callable,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    *,
+    device: str | torch.device = "cpu",
 ) -> Tensor:
     """Prompt-ensembled zero-shot weights (K, d): normalised mean of normalised prompts."""
     if not templates or any("{}" not in t for t in templates):
@@ -151,7 +160,8 @@ def embed_dataset(
         classnames=list(classnames) if classnames is not None else None,
         class_text=(
             class_embeddings(model, tokenizer, classnames, templates, device=device)
-            if classnames else None
+            if classnames
+            else None
         ),
     )
     model.train(was_training)

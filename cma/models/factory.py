@@ -27,7 +27,11 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 __all__ = [
-    "PretrainedUnavailableError", "create_model", "list_models", "load_weights", "model_config",
+    "PretrainedUnavailableError",
+    "create_model",
+    "list_models",
+    "load_weights",
+    "model_config",
 ]
 
 _CKPT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
