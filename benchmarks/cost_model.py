@@ -18,9 +18,9 @@ For a global batch of N image–text pairs (M = N), W data-parallel ranks and d 
   reduce-scatter of a tensor of T bytes in all moves (W − 1)/W·T into each rank). Gathered
   (``CMALoss(shard_alignment=False)``, open_clip's ``gather_features``): the all-gather of
   both clouds, 2N·d·4 bytes, in the forward and the reduce-scatter of their gradients in the
-  backward. Sharded, as implemented: the clouds are all-gathered (without gradient) by each of
-  the 4 sharded cost operators of a step (x↔y and the self problems, forward and backward),
-  and every sweep all-gathers one N-vector of potentials (4·N bytes).
+  backward. Sharded, as implemented: the clouds are all-gathered (without gradient) once in the
+  forward and once in the backward (the self problems reuse the x↔y operator's copies), and
+  every sweep all-gathers one N-vector of potentials (4·N bytes).
 * **Collectives per rank** (≈): sharded, one all-gather per pass, ≈ 2 all-reduces per stopping
   test (every ``check_every`` = 4 iterations on GPUs) and ``OTHER_COLLECTIVES``; gathered, 4
   (two all-gathers, two reduce-scatters). The sharded ones carry O(N) numbers each: latency,
@@ -44,9 +44,9 @@ DIM = 512
 ELEMENTWISE = 6
 #: Sweeps added by the backward (x↔y rows and columns, x↔x and y↔y barycenters).
 BACKWARD_SWEEPS = 4
-#: Cost operators per step that all-gather both clouds (forward x↔y, forward self problems,
-#: and the same two in the backward).
-CLOUD_GATHERS = 4
+#: All-gathers of both clouds per step: one in the forward solve, one in the backward (each
+#: shared by the x↔y problem and the self problems).
+CLOUD_GATHERS = 2
 #: FLOPs per image–text pair of open_clip's ViT-B-32 (torch.utils.flop_counter, train mode):
 #: image tower forward / backward, text tower forward / backward.
 MODEL_FLOPS = {"image_fwd": 8.725e9, "image_bwd": 17.220e9, "text_fwd": 5.814e9,
@@ -59,7 +59,7 @@ CHECKS_PER_ITERATION = 0.25
 #: Collectives of a sharded step besides the forward passes and the stopping tests, counted in
 #: the code: shard sizes, the cloud all-gathers, weight sums, diameter, dual values, the
 #: centroid means and the 3 backward passes (forward and backward together).
-OTHER_COLLECTIVES = 36
+OTHER_COLLECTIVES = 34
 
 
 def measure_sweeps(n: int, d: int, blur: float, tol: float) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 r"""The Sinkhorn solve sharded across data-parallel processes (``torch.distributed``).
 
 Each of W processes holds its own shard of both clouds: x_r (B, N_r, d), y_r (B, M_r, d), with
-N = Σ N_r and M = Σ M_r (shards may be uneven). Per solve, every process gathers the other
-processes' points once (without gradient) and then computes only the potentials of its own
-points against the whole other cloud:
+N = Σ N_r and M = Σ M_r (shards may be uneven). Per solve (and per backward), every process
+gathers the other processes' points once (without gradient; the self problems reuse them) and
+then computes only the potentials of its own points against the whole other cloud:
 
     f_r = λ·softmin_ε(C(x_r, Y), log b + g/ε),     g_r = λ·softmin_ε(C(y_r, X), log a + f/ε),
 
@@ -37,8 +37,9 @@ from .cost import CostOperator
 
 #: Groups registered by :func:`register`, by id (the custom ops take an int).
 _GROUPS: dict[int, Any] = {}
-#: Bytes this process sent into all-gathers / all-reduces, and the number of collectives.
-COUNTERS = {"bytes": 0, "collectives": 0}
+#: Bytes this process sent into all-gathers / all-reduces, the number of collectives, and how
+#: many of them gathered a cloud's points (2 per solve or backward: x and y).
+COUNTERS = {"bytes": 0, "collectives": 0, "cloud_gathers": 0}
 
 
 def register(group: object, x: Tensor, y: Tensor) -> int:
@@ -128,16 +129,19 @@ class ShardedCost(CostOperator):
         x: Tensor,
         y: Tensor,
         shift: Tensor | None = None,
+        gather: Callable[[Tensor, list[int]], Tensor] | None = None,
     ) -> None:
         super().__init__(x, y, shift)
         self.group = group
         sizes = _sizes(group, x.shape[-2], y.shape[-2])
         self.x_sizes = [s[0] for s in sizes]
         self.y_sizes = [s[1] for s in sizes]
+        if gather is None:
+            gather = functools.partial(_gather_points, group)
         with torch.no_grad():
-            xs = _gather(group, x, self.x_sizes, dim=-2)
+            xs = gather(x, self.x_sizes)
             self_problem = y is x and shift is None
-            ys = xs if self_problem else _gather(group, y, self.y_sizes, dim=-2)
+            ys = xs if self_problem else gather(y, self.y_sizes)
             self.rows = make(x, ys, shift)  # x_r against Y + s
             neg = None if shift is None else -shift
             self.cols = self.rows if self_problem else make(y, xs, neg)  # y_r against X − s
@@ -182,14 +186,52 @@ class ShardedCost(CostOperator):
         return (box[0] + box[1]).norm(dim=-1).amax()
 
 
-def cost_factory(group_id: int, ops: Any, strategy: str) -> Callable[..., CostOperator]:
+def _gather_points(group: Any, t: Tensor, sizes: list[int]) -> Tensor:
+    COUNTERS["cloud_gathers"] += 1
+    return _gather(group, t, sizes, dim=-2)
+
+
+class ShardedFactory:
+    """``make(x, y, shift=None)`` building :class:`ShardedCost` operators for one solve (or one
+    backward), all-gathering each cloud once: the x↔y problem and the self problems share the
+    gathered copies, and :meth:`stack` builds the stacked self problems' cloud from them."""
+
+    def __init__(self, group: Any, make_local: Callable[..., CostOperator]) -> None:
+        self.group, self.make_local = group, make_local
+        self._gathered: dict[int, tuple[Tensor, Tensor]] = {}  # id → (cloud, gathered cloud)
+
+    def _known(self, t: Tensor) -> Tensor | None:
+        hit = self._gathered.get(id(t))
+        return hit[1] if hit is not None and hit[0] is t else None
+
+    def gather(self, t: Tensor, sizes: list[int]) -> Tensor:
+        """Every process's points of ``t`` (B, ΣN_r, d), gathered on first use."""
+        known = self._known(t)
+        if known is None:
+            known = _gather_points(self.group, t, sizes)
+            self._gathered[id(t)] = (t, known)
+        return known
+
+    def stack(self, x: Tensor, y: Tensor) -> Tensor:
+        """cat([x, y]) along the batch; once x and y are gathered, its gathered copy is the
+        cat of theirs (equal shards: the solver stacks only then), so no new all-gather."""
+        both = torch.cat([x, y])
+        gx, gy = self._known(x), self._known(y)
+        if gx is not None and gy is not None and gx.shape == gy.shape:
+            self._gathered[id(both)] = (both, torch.cat([gx, gy]))
+        return both
+
+    def __call__(self, x: Tensor, y: Tensor, shift: Tensor | None = None) -> ShardedCost:
+        return ShardedCost(self.group, self.make_local, x, y, shift, gather=self.gather)
+
+
+def cost_factory(group_id: int, ops: Any, strategy: str) -> ShardedFactory:
     """make(x, y, shift=None) building a :class:`ShardedCost` over the backend's operators."""
-    group = _GROUPS[group_id]
 
     def make_local(x: Tensor, y: Tensor, shift: Tensor | None = None) -> CostOperator:
         return ops.make_cost(x, y, shift, strategy)
 
-    return lambda x, y, shift=None: ShardedCost(group, make_local, x, y, shift)
+    return ShardedFactory(_GROUPS[group_id], make_local)
 
 
 def all_reduce_with_grad(t: Tensor, group_id: int) -> Tensor:

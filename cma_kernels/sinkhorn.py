@@ -109,7 +109,8 @@ class SelfProblems:
     def __init__(self, make: Callable[..., CostOperator], x: Tensor, y: Tensor, stack: bool):
         self.batch = x.shape[0]
         if stack:
-            both = torch.cat([x, y])
+            # a sharded factory stacks its already-gathered clouds too (no new all-gather)
+            both = make.stack(x, y) if hasattr(make, "stack") else torch.cat([x, y])
             self.costs = [make(both, both)]
         else:
             self.costs = [make(x, x), make(y, y)]

@@ -111,6 +111,8 @@ def test_cost_entries_per_rank_fall_as_one_over_w(ranks, single, case: str) -> N
     if case == "even":
         assert [g["cost_entries"] * world for g in got] == [ref["cost_entries"]] * world
     assert all(g["collectives"] > 0 and g["bytes"] > 0 for g in got)
+    # each cloud is gathered once per solve: the self problems (stacked or not) reuse the copies
+    assert [g["cloud_gathers"] for g in got] == [2] * world
 
 
 def test_nan_on_one_rank_raises_everywhere(ranks) -> None:

@@ -91,6 +91,7 @@ def compute(case: str, data: dict[str, Tensor], group: object, world: int) -> di
     out["passes"], out["cost_entries"] = pot.passes, pot.cost_entries
     out["bytes"] = sharded.COUNTERS["bytes"] - before["bytes"]
     out["collectives"] = sharded.COUNTERS["collectives"] - before["collectives"]
+    out["cloud_gathers"] = sharded.COUNTERS["cloud_gathers"] - before["cloud_gathers"]
     return out
 
 
